@@ -1,0 +1,41 @@
+"""Built-in data sets and the generic file loader, registered by name (``mtlrec datasets`` lists them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mtlrec.data.bundle import DataBundle, load_files
+
+_DATASETS: dict[str, dict[str, Any]] = {}
+
+
+def register_dataset(name: str, *, description: str, source: str) -> Callable:
+    """``source``: ``generated`` (no files needed) or a note on the files a user points to."""
+
+    def deco(fn: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
+        _DATASETS[name] = {"fn": fn, "description": description, "source": source}
+        return fn
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    from mtlrec.data.datasets import census_income, files, synthetic  # noqa: F401
+
+
+def list_datasets() -> dict[str, dict[str, Any]]:
+    _ensure_loaded()
+    return {k: {"description": v["description"], "source": v["source"]} for k, v in sorted(_DATASETS.items())}
+
+
+def load_dataset(name: str, **params: Any) -> DataBundle:
+    _ensure_loaded()
+    if name not in _DATASETS:
+        raise KeyError(f"unknown data set {name!r}; available: {', '.join(sorted(_DATASETS))}")
+    bundle = _DATASETS[name]["fn"](**params)
+    bundle.meta = {**bundle.meta, "dataset_name": name, "load_params": params}
+    return bundle
+
+
+__all__ = ["DataBundle", "list_datasets", "load_dataset", "load_files", "register_dataset"]

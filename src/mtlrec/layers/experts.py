@@ -1,0 +1,60 @@
+"""A group of identical MLP experts evaluated together: one GEMM for all first layers, ``baddbmm`` after."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mtlrec.layers.mlp import activation
+
+
+class BatchedExperts(nn.Module):
+    """``n`` MLP experts with the same shape, stored as stacked weights.
+
+    ``forward(x)`` with ``x`` of shape ``(B, d)`` (all experts see the same input) or ``(n, B, d)`` (each its own)
+    returns ``(n, B, hidden[-1])``. With a shared input the first layers of all experts are one
+    ``(B, d) @ (d, n·h1)`` matrix product; later layers use one batched ``baddbmm``, never a loop over experts.
+    Initialisation matches ``nn.Linear`` per expert.
+    """
+
+    def __init__(
+        self,
+        num_experts: int,
+        input_dim: int,
+        hidden: Sequence[int],
+        *,
+        activation_name: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not hidden:
+            raise ValueError("experts need at least one hidden layer")
+        self.num_experts = num_experts
+        self.hidden = list(hidden)
+        self.output_dim = self.hidden[-1]
+        dims = [input_dim, *hidden]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for din, dout in zip(dims[:-1], dims[1:], strict=True):
+            bound = 1.0 / math.sqrt(din)
+            self.weights.append(nn.Parameter(torch.empty(num_experts, din, dout).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(num_experts, 1, dout).uniform_(-bound, bound)))
+        self.act = activation(activation_name)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.num_experts
+        w0, b0 = self.weights[0], self.biases[0]
+        if x.dim() == 2:
+            d, h = w0.shape[1], w0.shape[2]
+            flat = w0.permute(1, 0, 2).reshape(d, n * h)
+            out = (x @ flat).view(x.shape[0], n, h).transpose(0, 1) + b0
+        else:
+            out = torch.baddbmm(b0, x, w0)
+        out = self.dropout(self.act(out))
+        for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
+            out = self.dropout(self.act(torch.baddbmm(b, out, w)))
+        return out

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from mtlrec.cli import app
+
+runner = CliRunner()
+
+
+def test_cli_end_to_end(tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(
+        "name: tiny\n"
+        "data: {name: synthetic, params: {n: 3000, task_type: binary, dim: 10}}\n"
+        "model_defaults: {numeric_mode: dense, tower_hidden: [8]}\n"
+        "models: [{name: mmoe, params: {num_experts: 2, expert_hidden: [8]}}, {name: shared_bottom}]\n"
+        "train: {epochs: 2, batch_size: 256}\n"
+        "seeds: [0]\n"
+    )
+    out = tmp_path / "runs"
+    res = runner.invoke(app, ["train", str(cfg), "--out", str(out), "--quiet", "--set", "train.epochs=1"])
+    assert res.exit_code == 0, res.output
+    assert "| mmoe |" in res.output and "| shared_bottom |" in res.output
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["epochs_run"] == 1
+    run = out / "mmoe" / "seed0"
+    res = runner.invoke(app, ["evaluate", str(run), "--split", "valid"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["metrics"]["y1"]["auc"] == rows[0]["valid"]["y1"]["auc"]
+    res = runner.invoke(app, ["predict", str(run), "--out", str(tmp_path / "s.csv")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "s.csv").read_text().splitlines()[0] == '"score_y1","score_y2"'
+
+
+def test_cli_lists_and_help():
+    for cmd in (["models"], ["datasets"], ["--help"], ["train", "--help"], ["predict", "--help"]):
+        res = runner.invoke(app, cmd)
+        assert res.exit_code == 0, res.output
+    assert "mmoe" in runner.invoke(app, ["models"]).output
+    assert "census_income" in runner.invoke(app, ["datasets"]).output
