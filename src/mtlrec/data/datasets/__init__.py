@@ -21,7 +21,12 @@ def register_dataset(name: str, *, description: str, source: str) -> Callable:
 
 
 def _ensure_loaded() -> None:
-    from mtlrec.data.datasets import census_income, files, synthetic  # noqa: F401
+    """Import every module of this package (each registers its data sets), so a new reader needs no edit here."""
+    import importlib
+    import pkgutil
+
+    for mod in pkgutil.iter_modules(__path__, prefix=__name__ + "."):
+        importlib.import_module(mod.name)
 
 
 def list_datasets() -> dict[str, dict[str, Any]]:
