@@ -26,7 +26,15 @@ def register_model(name: str, *, family: str, paper: str = "", multi_task: bool 
 
 
 def _ensure_loaded() -> None:
-    import mtlrec.models  # noqa: F401  (importing the package registers every model)
+    """Importing the model and plug-in packages registers every model and plug-in."""
+    import importlib
+    import pkgutil
+
+    import mtlrec.models  # noqa: F401
+    import mtlrec.plugins
+
+    for mod in pkgutil.iter_modules(mtlrec.plugins.__path__, prefix="mtlrec.plugins."):
+        importlib.import_module(mod.name)
 
 
 def list_models(family: str | None = None) -> list[str]:

@@ -1,0 +1,1 @@
+"""Interpretability: gate values, expert utilisation, VG surfaces, per-task feature importance, plots."""

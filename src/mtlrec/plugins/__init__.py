@@ -1,0 +1,1 @@
+"""Plug-ins that attach to any model: DML (CTFM, GKD), virtual gradient. Each module registers itself."""
