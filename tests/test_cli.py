@@ -40,3 +40,33 @@ def test_cli_lists_and_help():
         assert res.exit_code == 0, res.output
     assert "mmoe" in runner.invoke(app, ["models"]).output
     assert "census_income" in runner.invoke(app, ["datasets"]).output
+
+
+def test_predict_on_new_unlabeled_file(tmp_path):
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from .conftest import make_table, tiny_schema
+
+    table = make_table(600)
+    pq.write_table(table.slice(0, 500), tmp_path / "train.parquet")
+    tiny_schema().save(tmp_path / "schema.yaml")
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(
+        f"data: {{name: files, params: {{schema: {tmp_path / 'schema.yaml'}, train: {tmp_path / 'train.parquet'},"
+        f" cache_dir: {tmp_path / 'cache'}}}}}\n"
+        "models: [{name: mmoe, params: {num_experts: 2, expert_hidden: [8], embedding_dim: 4}}]\n"
+        "train: {epochs: 1, batch_size: 128}\n"
+    )
+    res = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "runs"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    unlabeled = table.slice(500).drop_columns(["click", "purchase", "rating"])
+    pacsv.write_csv(unlabeled, tmp_path / "new.csv")
+    out = tmp_path / "scores.parquet"
+    res = runner.invoke(
+        app,
+        ["predict", str(tmp_path / "runs" / "mmoe" / "seed0"), "--file", str(tmp_path / "new.csv"), "--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    scores = pq.read_table(out)
+    assert scores.num_rows == 100 and scores.column_names == ["score_click", "score_purchase"]

@@ -87,11 +87,22 @@ def predict(
     run_dir: Path = typer.Argument(..., help="A run folder written by `mtlrec train`"),
     output: Path = typer.Option(..., "--out", "-o", help="Scores file: .csv or .parquet"),
     split: str = typer.Option("test", help="Which split of the run's data set to score"),
+    file: Path | None = typer.Option(
+        None, "--file", "-f", help="Score this CSV/Parquet file instead (labels optional)"
+    ),
+    separator: str = typer.Option(",", help="CSV separator of --file"),
     checkpoint: str = typer.Option("best", help="best or last"),
 ) -> None:
     """Write one score column per task (probability for binary tasks, value for regression) to CSV or Parquet.
 
-    Example: mtlrec predict runs/default/mmoe/seed0 --out scores.parquet
+    The file is encoded with the run's own preprocessing (vocabularies and statistics fitted on its training
+    split); unseen categories map to the out-of-vocabulary index.
+
+    Examples:
+
+      mtlrec predict runs/default/mmoe/seed0 --out scores.parquet
+
+      mtlrec predict runs/mine/mmoe/seed0 --file new_events.csv.gz --out scores.csv
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -101,8 +112,15 @@ def predict(
     from mtlrec.train.trainer import predict as predict_model
 
     model, info = load_run(run_dir, checkpoint)
-    bundle = _bundle_for(info)
-    scores = predict_model(model, bundle.splits[split])
+    if file is not None:
+        from mtlrec.data.preprocess import Preprocessor
+        from mtlrec.data.readers import read_table
+
+        pre = Preprocessor.from_state_dict(info["preprocessor"])
+        data = pre.transform(read_table(file, separator=separator), source=str(file), labels=False)
+    else:
+        data = _bundle_for(info).splits[split]
+    scores = predict_model(model, data)
     table = pa.table({f"score_{k}": v for k, v in scores.items()})
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".parquet":

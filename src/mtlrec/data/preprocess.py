@@ -165,7 +165,9 @@ class Preprocessor:
                 nums.append(f"{f.name}__missing")
         return FeatureLayout(tuple(cats), multi, tuple(nums), tuple(self.schema.task_names))
 
-    def transform(self, table: pa.Table, source: str = "<data>") -> EncodedData:
+    def transform(self, table: pa.Table, source: str = "<data>", *, labels: bool = True) -> EncodedData:
+        """Encode a table. ``labels=False`` encodes features only (for scoring unlabeled data): label and mask
+        columns are then zeros and ones."""
         self._check_fitted()
         n = table.num_rows
         cat_cols: list[np.ndarray] = []
@@ -198,12 +200,16 @@ class Preprocessor:
                     num_cols.append(x.astype(np.float32))
                 if f.missing_indicator:
                     num_cols.append(missing.astype(np.float32))
-        labels, masks = self._encode_labels(table, source)
+        if labels:
+            label_arr, masks = self._encode_labels(table, source)
+        else:
+            label_arr = np.zeros((n, len(self.schema.tasks)), np.float32)
+            masks = np.ones_like(label_arr)
         return EncodedData(
             cat=np.stack(cat_cols, 1) if cat_cols else np.zeros((n, 0), np.int64),
             num=np.stack(num_cols, 1) if num_cols else np.zeros((n, 0), np.float32),
             multi=multi,
-            labels=labels,
+            labels=label_arr,
             masks=masks,
             layout=self.layout(),
             task_names=self.schema.task_names,
