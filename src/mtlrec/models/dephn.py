@@ -1,0 +1,559 @@
+"""PHN, MT-PHN and DEPHN (MODELS.md Part A): parallel heterogeneous interaction networks with soft selection gating.
+
+* :class:`SoftSelectionGating` — SSG, DEPHN eq. (1): ``E_sg^m = G^m ⊙ E_SA + (1 − G^m) ⊙ E`` per structure ``m``.
+* ``phn`` — PHN (arXiv 2206.09184, A.2): Cross, FINT and DNN in parallel on their SSG outputs, trainable residual link.
+* ``mt_phn`` — MT-PHN (DEPHN §IV-B, A.4, Table I): MMoE whose experts are the heterogeneous PHN modules.
+* ``dephn`` — DEPHN (A.3): DNN public experts, Cross + FINT private experts per task, explicit mapping (RM/TM) of
+  public outputs, trainable value gates (TVG) with the virtual gradient (eqs. 8-9).
+
+Every model here ends in a linear head by default (``tower_hidden=()``), so the logit of task t is
+``Σ_{k,p} G_kp^t W_kp^t·f_p(e_pub^k) + Σ_k' W_k'^t·e_pri^k' + b_t``: eqs. (4)-(5) with the public and private parts
+added before one sigmoid ([A] fix of eq. 6, MODELS.md G.1). ``tower_hidden`` turns the linear head into an MLP tower
+([A] option; eq. 7 then changes form, VG still scales the gate gradients).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtlrec.data.layout import FeatureLayout
+from mtlrec.layers.experts import BatchedExperts
+from mtlrec.layers.gates import Gate
+from mtlrec.layers.interactions.attention import FieldSelfAttention
+from mtlrec.layers.interactions.cross import CrossNetwork
+from mtlrec.layers.interactions.fint import FINT
+from mtlrec.layers.mlp import MLP
+from mtlrec.models.base import EmbeddedInputs, MultiTaskModel
+from mtlrec.models.registry import register_model
+from mtlrec.schema import TaskSpec
+
+STRUCTURES = ("cross", "fint", "dnn")
+
+# explicit mappings of a public expert's activations (A.3.3 [A]): RM = raw/Taylor terms, TM = Fourier terms
+MAPPINGS = {
+    "raw": lambda a: a,
+    "square": lambda a: a * a,
+    "sin": torch.sin,
+    "cos": torch.cos,
+    "sin2": lambda a: torch.sin(2 * a),
+    "cos2": lambda a: torch.cos(2 * a),
+}
+
+
+# ---- soft selection gating -----------------------------------------------------------------------------------
+class SoftSelectionGating(nn.Module):
+    """SSG, DEPHN eq. (1): ``E_sg^m = G^m ⊙ E_SA + (1 − G^m) ⊙ E`` for each interaction structure ``m``.
+
+    ``E_SA = W_O ReLU([head_1 ‖ … ‖ head_h]) + E`` is one multi-head self-attention over the fields, shared by all
+    structures (A.3.1 [A]: AutoInt attention without its own residual, ``num_heads=2`` heads of width D, scores
+    scaled by 1/√D, ``W_O`` back to D, residual ``+E``; the spec's order "W_O, then ReLU" is swapped because the
+    attention module ends in its ReLU). Each structure has its own trainable ``G^m ∈ R^{F×D}`` ([A] shape).
+    ``parametrization`` [A]: ``sigmoid`` (default, ``G = σ(θ)``, θ = 0 so G = 0.5) or ``clamp`` (raw G initialised
+    to 0.5, clamped to [0, 1] in the forward). ``forward(E (B, F, D))`` returns one ``(B, F, D)`` per structure.
+    """
+
+    def __init__(
+        self,
+        num_fields: int,
+        dim: int,
+        structures: Sequence[str] = STRUCTURES,
+        *,
+        parametrization: str = "sigmoid",
+        num_heads: int = 2,
+    ) -> None:
+        super().__init__()
+        if parametrization not in ("sigmoid", "clamp"):
+            raise ValueError(f"SSG parametrization must be 'sigmoid' or 'clamp', got {parametrization!r}")
+        self.structures = list(structures)
+        self.parametrization = parametrization
+        self.attention = FieldSelfAttention(
+            dim, num_heads=num_heads, num_layers=1, head_dim=dim, residual=False, scale=True
+        )
+        self.project = nn.Linear(self.attention.out_dim, dim, bias=False)
+        init = 0.0 if parametrization == "sigmoid" else 0.5
+        self.theta = nn.Parameter(torch.full((len(self.structures), num_fields, dim), init))
+
+    def gate_values(self) -> torch.Tensor:
+        """``G`` of every structure, ``(M, F, D)`` in [0, 1]."""
+        return torch.sigmoid(self.theta) if self.parametrization == "sigmoid" else self.theta.clamp(0.0, 1.0)
+
+    def forward(self, e: torch.Tensor) -> list[torch.Tensor]:
+        e_sa = self.project(self.attention(e)) + e
+        g = self.gate_values()
+        return [e + g[m] * (e_sa - e) for m in range(len(self.structures))]
+
+
+class _PlainFields(nn.Module):
+    """``use_ssg=False`` (ablation): every structure sees the raw embeddings."""
+
+    def __init__(self, structures: Sequence[str]) -> None:
+        super().__init__()
+        self.structures = list(structures)
+
+    def forward(self, e: torch.Tensor) -> list[torch.Tensor]:
+        return [e] * len(self.structures)
+
+
+def make_ssg(use_ssg: bool, num_fields: int, dim: int, parametrization: str, num_heads: int) -> nn.Module:
+    if use_ssg:
+        return SoftSelectionGating(num_fields, dim, parametrization=parametrization, num_heads=num_heads)
+    return _PlainFields(STRUCTURES)
+
+
+def _flat(fields: torch.Tensor, dense: torch.Tensor | None) -> torch.Tensor:
+    x = fields.flatten(1)
+    return x if dense is None else torch.cat([x, dense.to(x.dtype)], 1)
+
+
+# ---- PHN ------------------------------------------------------------------------------------------------------
+class PHNBlock(nn.Module):
+    """One PHN network: SSG → {CrossNet, FINT, DNN} in parallel → ``[λ_CN h_CN ‖ λ_FI h_FI ‖ λ_DNN h_DNN]``.
+
+    With a linear head this is ``logit = b + Σ_m λ_m w_mᵀ h_m`` (A.2 [A]: trainable scalars λ_m, init 1/3, the
+    "residual link with trainable parameters"). ``residual="skip"`` is the other reading: ``h_m = module(x_m) +
+    λ_m x_m`` (the DNN's input projected to its width by a bias-free linear map).
+    """
+
+    def __init__(
+        self,
+        num_fields: int,
+        dim: int,
+        dense_dim: int,
+        *,
+        cross_layers: int,
+        cross_variant: str,
+        fint_layers: int,
+        dnn_hidden: Sequence[int],
+        activation: str,
+        residual: str,
+        use_ssg: bool,
+        ssg_parametrization: str,
+        attention_heads: int,
+    ) -> None:
+        super().__init__()
+        if residual not in ("scalar", "skip"):
+            raise ValueError(f"residual must be 'scalar' or 'skip', got {residual!r}")
+        self.residual = residual
+        flat_dim = num_fields * dim + dense_dim
+        self.ssg = make_ssg(use_ssg, num_fields, dim, ssg_parametrization, attention_heads)
+        self.cross = CrossNetwork(flat_dim, num_layers=cross_layers, variant=cross_variant)
+        self.fint = FINT(num_fields, dim, num_layers=fint_layers)
+        self.dnn = MLP(flat_dim, dnn_hidden, activation_name=activation)
+        self.lam = nn.Parameter(torch.full((3,), 1.0 / 3.0))
+        self.dnn_skip = nn.Linear(flat_dim, self.dnn.output_dim, bias=False) if residual == "skip" else None
+        self.output_dim = 2 * flat_dim - dense_dim + self.dnn.output_dim
+
+    def forward(self, fields: torch.Tensor, dense: torch.Tensor | None) -> torch.Tensor:
+        e_cn, e_fi, e_dnn = self.ssg(fields)
+        x_cn, x_dnn = _flat(e_cn, dense), _flat(e_dnn, dense)
+        h_cn, h_fi, h_dnn = self.cross(x_cn), self.fint(e_fi).flatten(1), self.dnn(x_dnn)
+        if self.residual == "scalar":
+            return torch.cat([self.lam[0] * h_cn, self.lam[1] * h_fi, self.lam[2] * h_dnn], 1)
+        return torch.cat(
+            [
+                h_cn + self.lam[0] * x_cn,
+                h_fi + self.lam[1] * e_fi.flatten(1),
+                h_dnn + self.lam[2] * self.dnn_skip(x_dnn),
+            ],
+            1,
+        )
+
+
+@register_model("phn", family="ctr", paper="PHN (arXiv 2206.09184); DEPHN eq. 1, Fig. 3a")
+class PHN(MultiTaskModel):
+    """Parallel Heterogeneous Network: Cross (DCN-v2), FINT and DNN in parallel, each on its own SSG output
+    (DEPHN eq. 1), combined by a trainable residual link (MODELS.md A.2, every detail [A]: only the abstract is
+    available).
+
+    ``independent=True`` (default, like the other CTR models): one PHN per task with its own embeddings (disjoint
+    slices of the fused table, as :class:`~mtlrec.models.shared_bottom.SingleTask`); ``False``: one shared PHN
+    whose output feeds every task's head. [A] choices: ``residual`` (``scalar`` λ_m per module logit, init 1/3;
+    ``skip``), ``cross_variant`` (``v2``), ``ssg_parametrization`` (``sigmoid``), linear head (``tower_hidden=()``).
+    """
+
+    def __init__(
+        self,
+        layout: FeatureLayout,
+        tasks: Sequence[TaskSpec],
+        *,
+        independent: bool = True,
+        cross_layers: int = 3,
+        cross_variant: str = "v2",
+        fint_layers: int = 3,
+        dnn_hidden: Sequence[int] = (256, 128),
+        residual: str = "scalar",
+        use_ssg: bool = True,
+        ssg_parametrization: str = "sigmoid",
+        attention_heads: int = 2,
+        tower_hidden: Sequence[int] | dict[str, Sequence[int]] = (),
+        **kw: Any,
+    ) -> None:
+        copies = len(tasks) if independent else 1
+        super().__init__(layout, tasks, embedding_copies=copies, tower_hidden=tower_hidden, **kw)
+        self.independent = independent
+        block = dict(
+            cross_layers=cross_layers,
+            cross_variant=cross_variant,
+            fint_layers=fint_layers,
+            dnn_hidden=dnn_hidden,
+            activation=self.activation,
+            residual=residual,
+            use_ssg=use_ssg,
+            ssg_parametrization=ssg_parametrization,
+            attention_heads=attention_heads,
+        )
+        self.blocks = nn.ModuleList(
+            PHNBlock(self.num_fields, self.embedding_dim, self.dense_dim, **block) for _ in range(copies)
+        )
+        self.build_towers(self.blocks[0].output_dim)
+
+    def backbone(self, x: EmbeddedInputs) -> list[torch.Tensor]:
+        if not self.independent:
+            return [self.blocks[0](x.fields, x.dense)] * len(self.tasks)
+        slices = x.fields.split(self.embedding_dim, dim=-1)
+        return [b(s, x.dense) for b, s in zip(self.blocks, slices, strict=True)]
+
+
+# ---- gates over public experts ---------------------------------------------------------------------------------
+class ValueGate(Gate):
+    """Trainable value gating (TVG, DEPHN §III-C / Fig. 6): the gate values are parameters, not functions of x.
+
+    ``parametrization`` [A]: ``sigmoid`` (default, ``G = σ(θ)``, θ = 0 so G = 0.5; then ``|G^t − G^j| ∈ [0, 1)``
+    as Fig. 4 assumes), ``raw`` (unconstrained, init ``1/n``) or ``softmax`` (over the n entries; ΔG stays tiny, so
+    VG barely depends on it). ``forward(x)`` returns ``(1, n)`` (broadcast over the batch); weight hooks apply.
+    """
+
+    def __init__(self, num_outputs: int, *, parametrization: str = "sigmoid") -> None:
+        nn.Module.__init__(self)
+        if parametrization not in ("sigmoid", "raw", "softmax"):
+            raise ValueError(f"TVG parametrization must be sigmoid, raw or softmax, got {parametrization!r}")
+        self.num_outputs = num_outputs
+        self.parametrization = parametrization
+        init = 1.0 / num_outputs if parametrization == "raw" else 0.0
+        self.theta = nn.Parameter(torch.full((num_outputs,), init))
+        self.temperature = 1.0
+        self.last_weights: torch.Tensor | None = None
+        self.weight_hooks: list = []
+
+    def values(self) -> torch.Tensor:
+        if self.parametrization == "sigmoid":
+            return torch.sigmoid(self.theta)
+        if self.parametrization == "softmax":
+            return torch.softmax(self.theta, 0)
+        return self.theta
+
+    def forward(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.values().unsqueeze(0)
+        for hook in self.weight_hooks:
+            w = hook(self, w)
+        self.last_weights = w.detach()
+        return w
+
+
+# ---- MT-PHN / DEPHN -----------------------------------------------------------------------------------------------
+class HeterogeneousMTL(MultiTaskModel):
+    """Shared machinery of MT-PHN and DEPHN (A.3.8 skeleton, vectorised).
+
+    SSG (one gate per structure over one shared self-attention, eq. 1) → public experts (a block of ``K`` DNN
+    experts evaluated as one batched product, and/or one Cross and one FINT expert) → explicit mappings
+    ``f_p`` of each public expert's activations → one gate per task over the ``(expert, mapping)`` pairs → task t's
+    head input ``[G_kp^t f_p(e_pub^k) for all k, p] ‖ [private experts of t]``: with the linear head, eqs. (4)+(5)
+    with the logits added ([A] fix of eq. 6). Private experts per task are Cross/FINT and/or DNN.
+    """
+
+    def __init__(
+        self,
+        layout: FeatureLayout,
+        tasks: Sequence[TaskSpec],
+        *,
+        public: Sequence[str],
+        private: Sequence[str],
+        num_dnn_experts: int,
+        dnn_hidden: Sequence[int],
+        cross_layers: int,
+        cross_variant: str,
+        fint_layers: int,
+        mappings: Sequence[str],
+        gate: str,
+        tvg_parametrization: str,
+        use_ssg: bool,
+        ssg_parametrization: str,
+        attention_heads: int,
+        extra_private_dcn_v1: bool = False,
+        tower_hidden: Sequence[int] | dict[str, Sequence[int]] = (),
+        **kw: Any,
+    ) -> None:
+        super().__init__(layout, tasks, tower_hidden=tower_hidden, **kw)
+        unknown = [m for m in mappings if m not in MAPPINGS]
+        if unknown or not mappings:
+            raise ValueError(f"unknown mappings {unknown}; choose a non-empty subset of {sorted(MAPPINGS)}")
+        if gate not in ("tvg", "mg"):
+            raise ValueError(f"gate must be 'tvg' or 'mg', got {gate!r}")
+        F, D, n_dense = self.num_fields, self.embedding_dim, self.dense_dim
+        flat_dim = F * D + n_dense
+        self.public_kinds, self.private_kinds = list(public), list(private)
+        self.mapping_names = list(mappings)
+        self.gate_kind = gate
+        self.ssg = make_ssg(use_ssg, F, D, ssg_parametrization, attention_heads)
+
+        # public experts: one block per kind, each (B, K_kind, H_kind)
+        self.public = nn.ModuleDict()
+        widths = {}
+        for kind in self.public_kinds:
+            if kind == "dnn":
+                self.public[kind] = BatchedExperts(
+                    num_dnn_experts, flat_dim, dnn_hidden, activation_name=self.activation
+                )
+                widths[kind] = (num_dnn_experts, self.public[kind].output_dim)
+            elif kind == "cross":
+                self.public[kind] = CrossNetwork(flat_dim, num_layers=cross_layers, variant=cross_variant)
+                widths[kind] = (1, flat_dim)
+            elif kind == "fint":
+                self.public[kind] = FINT(F, D, num_layers=fint_layers)
+                widths[kind] = (1, F * D)
+            else:
+                raise ValueError(f"unknown expert kind {kind!r}")
+        self.public_widths = widths
+        self.expert_names = [
+            f"{kind}{i}" if widths[kind][0] > 1 else kind for kind in self.public_kinds for i in range(widths[kind][0])
+        ]
+        self.num_public = len(self.expert_names)
+        P = len(self.mapping_names)
+        n_gate = self.num_public * P
+        if gate == "tvg":
+            self.gates = nn.ModuleList(ValueGate(n_gate, parametrization=tvg_parametrization) for _ in self.tasks)
+        else:
+            self.gates = nn.ModuleList(Gate(self.input_dim, n_gate) for _ in self.tasks)
+        self.public_dim = P * sum(k * h for k, h in widths.values())
+
+        # private experts of each task
+        def private_set() -> nn.ModuleDict:
+            mods = nn.ModuleDict()
+            for kind in self.private_kinds:
+                if kind == "dnn":
+                    mods[kind] = MLP(flat_dim, dnn_hidden, activation_name=self.activation)
+                elif kind == "cross":
+                    mods[kind] = CrossNetwork(flat_dim, num_layers=cross_layers, variant=cross_variant)
+                elif kind == "fint":
+                    mods[kind] = FINT(F, D, num_layers=fint_layers)
+                else:
+                    raise ValueError(f"unknown expert kind {kind!r}")
+            if extra_private_dcn_v1:
+                mods["cross_v1"] = CrossNetwork(flat_dim, num_layers=cross_layers, variant="v1")
+            return mods
+
+        self.private = nn.ModuleList(private_set() for _ in self.tasks)
+        pri_width = {
+            "dnn": list(dnn_hidden)[-1] if dnn_hidden else flat_dim,
+            "cross": flat_dim,
+            "cross_v1": flat_dim,
+            "fint": F * D,
+        }
+        self.private_dim = sum(pri_width[k] for k in self.private[0]) if len(self.private) else 0
+        self.build_towers(self.public_dim + self.private_dim)
+
+    # -- pieces ------------------------------------------------------------------------------------------------
+    def _structure_inputs(self, x: EmbeddedInputs) -> dict[str, torch.Tensor]:
+        e_cn, e_fi, e_dnn = self.ssg(x.fields)
+        return {
+            "cross": _flat(e_cn, x.dense),
+            "cross_v1": _flat(e_cn, x.dense),
+            "fint": e_fi,
+            "dnn": _flat(e_dnn, x.dense),
+        }
+
+    @staticmethod
+    def _run(kind: str, module: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = module(inputs[kind])
+        return out.flatten(1) if kind == "fint" else out
+
+    def public_outputs(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """One ``(B, K_kind, P, H_kind)`` block per public kind: the mapped activations ``f_p(e_pub^k)``."""
+        blocks = []
+        for kind, module in self.public.items():
+            a = module(inputs[kind]).transpose(0, 1) if kind == "dnn" else self._run(kind, module, inputs).unsqueeze(1)
+            blocks.append(torch.stack([MAPPINGS[m](a) for m in self.mapping_names], 2))
+        return blocks
+
+    def backbone(self, x: EmbeddedInputs) -> list[torch.Tensor]:
+        inputs = self._structure_inputs(x)
+        blocks = self.public_outputs(inputs)
+        gate_in = x.flat() if self.gate_kind == "mg" else None
+        P = len(self.mapping_names)
+        out = []
+        for t in range(len(self.tasks)):
+            g = self.gates[t](gate_in)  # (1 or B, K_total·P)
+            parts, start = [], 0
+            for blk in blocks:
+                k = blk.shape[1]
+                gk = g[:, start : start + k * P].reshape(g.shape[0], k, P, 1)
+                parts.append((gk * blk).flatten(1))
+                start += k * P
+            parts += [self._run(kind, m, inputs) for kind, m in self.private[t].items()]
+            out.append(torch.cat(parts, 1))
+        return out
+
+    # -- inspection -----------------------------------------------------------------------------------------------
+    def gate_table(self, batch: Any | None = None) -> dict[str, torch.Tensor]:
+        """Gate values per task as ``(num_public_experts, P)``; MG gates are averaged over ``batch``'s rows."""
+        if self.gate_kind == "mg":
+            if batch is None:
+                raise ValueError("mapping gates (MG) depend on the input: pass a batch")
+            with torch.no_grad():
+                x = self.embed(batch).flat()
+                vals = [g(x).mean(0) for g in self.gates]
+        else:
+            with torch.no_grad():
+                vals = [g.values() for g in self.gates]
+        P = len(self.mapping_names)
+        return {t: v.reshape(self.num_public, P) for t, v in zip(self.task_names, vals, strict=True)}
+
+    def logit_parts(self, batch: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Public and private parts of each task's logit before the sigmoid (Fig. 3b), bias left out.
+
+        Only defined for the linear head (``tower_hidden=()``, the paper's tower)."""
+        if any(len(self.tower_sizes(t)) for t in self.task_names):
+            raise ValueError("public/private logit parts need the linear head (tower_hidden=())")
+        with torch.no_grad():
+            inputs = self.backbone(self.embed(batch))
+            parts = {}
+            for t, h in zip(self.task_names, inputs, strict=True):
+                w = self.heads[t].weight[0]
+                pub = h[:, : self.public_dim] @ w[: self.public_dim]
+                pri = h[:, self.public_dim :] @ w[self.public_dim :]
+                parts[t] = (pub, pri)
+        return parts
+
+
+MT_PHN_SETTINGS = {
+    "D_pub,C&F_pub": (("dnn", "cross", "fint"), ()),
+    "D_pri,C&F_pub": (("cross", "fint"), ("dnn",)),
+    "D_pub,C&F_pri": (("dnn",), ("cross", "fint")),
+}
+
+
+@register_model("mt_phn", family="multi_task", paper="DEPHN (Kong et al., IJCNN'23) §IV-B, Table I: MT-PHN")
+class MTPHN(HeterogeneousMTL):
+    """MT-PHN: MMoE whose experts are the heterogeneous PHN modules (Cross, FINT, DNN) on their SSG outputs;
+    one input-dependent softmax gate per task over the public experts (MG, MMoE eq. 5) and the public and private
+    logits added before one sigmoid (MODELS.md A.4).
+
+    ``setting`` (Table I): ``"D_pub,C&F_pri"`` (default, the best; kept in DEPHN) — ``num_dnn_experts`` public DNN
+    experts, Cross + FINT private per task; ``"D_pri,C&F_pub"`` — one DNN per task private, one Cross + one FINT
+    public; ``"D_pub,C&F_pub"`` — all public (pure heterogeneous MMoE). [A]: expert counts and sizes, the linear head
+    (gate scalar × expert output feeds the head, so experts of different widths mix without projections).
+    """
+
+    def __init__(
+        self,
+        layout: FeatureLayout,
+        tasks: Sequence[TaskSpec],
+        *,
+        setting: str = "D_pub,C&F_pri",
+        num_dnn_experts: int = 4,
+        dnn_hidden: Sequence[int] = (256, 128),
+        cross_layers: int = 3,
+        cross_variant: str = "v2",
+        fint_layers: int = 3,
+        use_ssg: bool = True,
+        ssg_parametrization: str = "sigmoid",
+        attention_heads: int = 2,
+        **kw: Any,
+    ) -> None:
+        key = setting.replace(" ", "")
+        if key not in MT_PHN_SETTINGS:
+            raise ValueError(f"unknown MT-PHN setting {setting!r}; choose from {list(MT_PHN_SETTINGS)}")
+        public, private = MT_PHN_SETTINGS[key]
+        self.setting = key
+        super().__init__(
+            layout,
+            tasks,
+            public=public,
+            private=private,
+            num_dnn_experts=num_dnn_experts,
+            dnn_hidden=dnn_hidden,
+            cross_layers=cross_layers,
+            cross_variant=cross_variant,
+            fint_layers=fint_layers,
+            mappings=("raw",),
+            gate="mg",
+            tvg_parametrization="sigmoid",
+            use_ssg=use_ssg,
+            ssg_parametrization=ssg_parametrization,
+            attention_heads=attention_heads,
+            **kw,
+        )
+
+
+@register_model("dephn", family="multi_task", paper="DEPHN (Kong et al., IJCNN'23) eqs. 1-9, Figs. 2-6")
+class DEPHN(HeterogeneousMTL):
+    """DEPHN: Different Expression Parallel Heterogeneous Network (MODELS.md A.3).
+
+    SSG (eq. 1) → ``num_dnn_experts`` public DNN experts on the SSG_DNN output (eq. 2) and, per task, private
+    CrossNet-v2 + FINT experts on SSG_CN / SSG_FI (A.3.2) → explicit mappings of the public activations (A.3.3 [A]:
+    ``mappings=("raw", "sin", "cos")``; also ``square``, ``sin2``, ``cos2``) → per-task gates over (expert, mapping)
+    (``gate="tvg"``, trainable values σ(θ) init 0.5, default; ``"mg"``: softmax(W x0), Fig. 6) → linear heads,
+    public and private logits added before one sigmoid (eqs. 4-6, [A] fix of eq. 6).
+
+    Virtual gradient (eqs. 8-9): ``use_vg`` attaches :mod:`mtlrec.plugins.virtual_gradient` to the task gates
+    with ``vg_variant`` (default ``add_sqrt``) and ``vg_relevance`` (default ``pearson``): DEPHN's final choice.
+    Ablations: ``use_vg``, ``use_mapping`` (False: raw mapping only), ``use_ssg`` (False: raw embeddings everywhere).
+    Other [A] choices: ``tvg_parametrization`` (sigmoid), ``ssg_parametrization`` (sigmoid), K = 4 experts of
+    [256, 128], 3 cross / FINT layers, ``extra_private_dcn_v1`` (adds DCN-v1 as a third private expert, off).
+    """
+
+    def __init__(
+        self,
+        layout: FeatureLayout,
+        tasks: Sequence[TaskSpec],
+        *,
+        num_dnn_experts: int = 4,
+        dnn_hidden: Sequence[int] = (256, 128),
+        cross_layers: int = 3,
+        cross_variant: str = "v2",
+        fint_layers: int = 3,
+        mappings: Sequence[str] = ("raw", "sin", "cos"),
+        use_mapping: bool = True,
+        gate: str = "tvg",
+        tvg_parametrization: str = "sigmoid",
+        use_ssg: bool = True,
+        ssg_parametrization: str = "sigmoid",
+        attention_heads: int = 2,
+        use_vg: bool = True,
+        vg_variant: str = "add_sqrt",
+        vg_relevance: str = "pearson",
+        extra_private_dcn_v1: bool = False,
+        **kw: Any,
+    ) -> None:
+        super().__init__(
+            layout,
+            tasks,
+            public=("dnn",),
+            private=("cross", "fint"),
+            num_dnn_experts=num_dnn_experts,
+            dnn_hidden=dnn_hidden,
+            cross_layers=cross_layers,
+            cross_variant=cross_variant,
+            fint_layers=fint_layers,
+            mappings=tuple(mappings) if use_mapping else ("raw",),
+            gate=gate,
+            tvg_parametrization=tvg_parametrization,
+            use_ssg=use_ssg,
+            ssg_parametrization=ssg_parametrization,
+            attention_heads=attention_heads,
+            extra_private_dcn_v1=extra_private_dcn_v1,
+            **kw,
+        )
+        self.use_vg = use_vg
+        if use_vg and len(self.tasks) > 1:
+            from mtlrec.plugins.virtual_gradient import attach_virtual_gradient
+
+            attach_virtual_gradient(self, {"variant": vg_variant, "relevance": vg_relevance})
+
+    def vg_gate_groups(self) -> list[list[Gate]]:
+        """The per-task gates over (expert, mapping), in task order (read by the virtual-gradient plug-in)."""
+        return [list(self.gates)]
