@@ -150,3 +150,21 @@ def test_vg_trains(tiny_bundle):
         tiny_bundle.train, tiny_bundle.valid
     )
     assert evaluate(model, tiny_bundle.test)["click"]["auc"] > 0.75
+
+
+def test_vg_on_other_models_and_reconfigure(tiny_bundle):
+    import copy
+
+    kw = {"embedding_dim": 4, "num_dnn_experts": 2, "dnn_hidden": [8], "cross_layers": 1, "fint_layers": 1}
+    dephn = create_model("dephn", tiny_bundle, **kw, virtual_gradient={"variant": "mul_cos", "relevance": "cosine"})
+    vg = dephn.virtual_gradient_plugin
+    assert (vg.variant, vg.relevance) == ("mul_cos", "cosine")
+    assert all(len(g.weight_hooks) == 1 for g in dephn.gates)  # reconfigured, not installed twice
+    mt = create_model("mt_phn", tiny_bundle, **kw, virtual_gradient=True)
+    assert [list(g) for g in mt.virtual_gradient_plugin.groups] == [list(mt.gates)]
+    omoe = create_model("omoe", tiny_bundle, **SMALL, virtual_gradient=True)
+    assert omoe.virtual_gradient_plugin.groups == []  # one gate: nothing to compare
+    clone = copy.deepcopy(dephn)
+    batch = next(iter(BatchIterator(tiny_bundle.train, 64)))
+    clone.task_losses(clone(batch), batch).sum().backward()
+    assert all(g.theta.grad is not None for g in clone.gates)
