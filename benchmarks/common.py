@@ -1,0 +1,234 @@
+"""Helpers shared by every benchmark script: machine facts, the BENCHMARKS.md JSON shape, Markdown tables.
+
+Usage from a script in ``benchmarks/``::
+
+    from common import base_parser, machine_info, markdown_table, write_results
+
+    rows = [{"model": "mmoe", "mode": "train", "precision": "fp32", "batch_size": 2048, "samples_per_s": 17600}]
+    print(markdown_table(rows, ["model", "mode", "precision", "samples_per_s"]))
+    write_results("throughput", command_line(), rows, quick=False, out=None)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+#: CPU flags worth recording: they decide which precisions and kernels are fast.
+INTERESTING_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_bf16",
+    "amx_tile",
+    "amx_int8",
+)
+
+
+def cpu_flags() -> list[str]:
+    """The CPU flags (from ``/proc/cpuinfo``) among :data:`INTERESTING_FLAGS`; empty where unreadable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            have = set(line.split(":", 1)[1].split())
+            return [f for f in INTERESTING_FLAGS if f in have]
+    return []
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bf16_supported() -> bool:
+    """True when the CPU has native bf16 arithmetic (avx512_bf16 or AMX), the condition for offering bf16."""
+    flags = set(cpu_flags())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def machine_info(threads: int | None = None) -> dict[str, Any]:
+    """``{"cpu", "cpu_flags", "threads", "torch", "python", "cores"}`` for the JSON ``machine`` field."""
+    import torch
+
+    return {
+        "cpu": cpu_name(),
+        "cpu_flags": cpu_flags(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__.split("+")[0],
+        "python": platform.python_version(),
+    }
+
+
+def git_commit() -> str | None:
+    """The working tree's HEAD commit (with ``-dirty`` when tracked files differ), or None outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src"], cwd=ROOT, capture_output=True)
+        return head + ("-dirty" if dirty.returncode == 1 else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def mtlrec_version() -> str:
+    try:
+        import mtlrec
+
+        return str(getattr(mtlrec, "__version__", "unknown"))
+    except ImportError:
+        return "unknown"
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command that reproduces this run, as typed from the project root."""
+    argv = list(sys.argv if argv is None else argv)
+    script = argv[0]
+    try:
+        script = str(Path(script).resolve().relative_to(ROOT))
+    except ValueError:
+        pass
+    return shlex.join(["python", script, *argv[1:]])
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return round(kib / 1024.0, 1)
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def default_out(name: str) -> Path:
+    return RESULTS_DIR / f"{name}.json"
+
+
+def write_results(
+    name: str,
+    command: str,
+    rows: list[dict[str, Any]],
+    quick: bool,
+    out: str | Path | None = None,
+    *,
+    threads: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the BENCHMARKS.md JSON (``benchmark, command, created, mtlrec_version, git_commit, machine, quick,
+    rows`` plus ``extra`` fields) atomically to ``out`` (default ``benchmarks/results/NAME.json``); returns the path."""
+    path = Path(out) if out else default_out(name)
+    payload: dict[str, Any] = {
+        "benchmark": name,
+        "command": command,
+        "created": utc_now(),
+        "mtlrec_version": mtlrec_version(),
+        "git_commit": git_commit(),
+        "machine": machine_info(threads),
+        "quick": bool(quick),
+        "rows": rows,
+    }
+    if extra:
+        payload.update(extra)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=_json_default) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:
+        pass
+    return str(o)
+
+
+def _fmt(v: Any, digits: int) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 10_000 else str(v)
+    if isinstance(v, float):
+        if v != v:  # NaN
+            return "nan"
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}f}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x, digits) for x in v)
+    return str(v)
+
+
+def markdown_table(
+    rows: Iterable[dict[str, Any]],
+    columns: Sequence[str] | None = None,
+    *,
+    headers: Sequence[str] | None = None,
+    digits: int = 4,
+) -> str:
+    """A GitHub Markdown table of ``rows`` (dicts); ``columns`` picks and orders keys (default: every key seen, in
+    first-seen order); missing values print as ``–``; floats ≥ 1000 get thousands separators."""
+    rows = list(rows)
+    if columns is None:
+        seen: dict[str, None] = {}
+        for r in rows:
+            seen.update(dict.fromkeys(r))
+        columns = list(seen)
+    head = list(headers) if headers is not None else list(columns)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c), digits) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def base_parser(name: str, description: str, *, default_models: str | None = None) -> argparse.ArgumentParser:
+    """An argument parser with the contract's options: ``--out --models --seeds --data-dir --quick``."""
+    p = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
+    p.add_argument("--out", default=None, help=f"JSON output (default benchmarks/results/{name}.json)")
+    p.add_argument("--models", default=default_models, help="comma-separated registry names")
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds (default 5)")
+    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"), help="data directory")
+    p.add_argument("--quick", action="store_true", help="a run of a few minutes on a subset")
+    return p
+
+
+def parse_models(spec: str | None, default: Sequence[str]) -> list[str]:
+    if not spec:
+        return list(default)
+    return [m.strip() for m in spec.split(",") if m.strip()]
