@@ -18,7 +18,7 @@ SMALL = {"embedding_dim": 4, "dnn_hidden": [16, 8], "cross_layers": 2, "fint_lay
 MOE = {**SMALL, "num_dnn_experts": 2}
 CASES = [
     ("phn", SMALL),
-    ("phn", {**SMALL, "independent": False, "residual": "skip"}),
+    ("phn", {**SMALL, "shared": True, "residual": "skip"}),
     ("mt_phn", MOE),
     ("mt_phn", {**MOE, "setting": "D_pri,C&F_pub"}),
     ("mt_phn", {**MOE, "setting": "D_pub,C&F_pub"}),

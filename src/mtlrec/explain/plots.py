@@ -76,6 +76,8 @@ def plot_gates(gates: dict[str, dict[str, Any]], path: str | Path) -> Path:
     """Learned gate values per task: heat maps of (public expert × mapping), or bars for plain gates."""
     n = len(gates)
     fig, axes = plt.subplots(1, max(n, 1), figsize=(3.2 * max(n, 1), 3.0), squeeze=False, constrained_layout=True)
+    every = np.concatenate([np.ravel(np.asarray(g["values"], dtype=float)) for g in gates.values()] or [np.zeros(1)])
+    lo, hi = float(every.min()), float(every.max())  # one colour scale, so tasks compare
     for ax, (name, g) in zip(axes.flat, gates.items(), strict=False):
         vals = np.atleast_2d(np.asarray(g["values"], dtype=float))
         if vals.shape[0] == 1 or vals.shape[1] == 1:
@@ -85,7 +87,10 @@ def plot_gates(gates: dict[str, dict[str, Any]], path: str | Path) -> Path:
             if labels and len(labels) == len(flat):
                 ax.set_xticks(range(len(flat)), labels, rotation=45, fontsize=7)
         else:
-            im = ax.imshow(vals, cmap="viridis", aspect="auto")
+            im = ax.imshow(vals, cmap="viridis", aspect="auto", vmin=lo, vmax=hi)
+            if vals.size <= 64:
+                for (i, j), v in np.ndenumerate(vals):
+                    ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=6, color="w")
             ax.set_yticks(range(vals.shape[0]), g.get("experts", list(range(vals.shape[0]))), fontsize=7)
             ax.set_xticks(range(vals.shape[1]), g.get("mappings", list(range(vals.shape[1]))), fontsize=7)
             fig.colorbar(im, ax=ax, shrink=0.8)

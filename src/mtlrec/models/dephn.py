@@ -169,8 +169,8 @@ class PHN(MultiTaskModel):
     (DEPHN eq. 1), combined by a trainable residual link (MODELS.md A.2, every detail [A]: only the abstract is
     available).
 
-    ``independent=True`` (default, like the other CTR models): one PHN per task with its own embeddings (disjoint
-    slices of the fused table, as :class:`~mtlrec.models.shared_bottom.SingleTask`); ``False``: one shared PHN
+    ``shared=False`` (default, like the other CTR models): one PHN per task with its own embeddings (disjoint
+    slices of the fused table, as :class:`~mtlrec.models.shared_bottom.SingleTask`); ``True``: one shared PHN
     whose output feeds every task's head. [A] choices: ``residual`` (``scalar`` λ_m per module logit, init 1/3;
     ``skip``), ``cross_variant`` (``v2``), ``ssg_parametrization`` (``sigmoid``), linear head (``tower_hidden=()``).
     """
@@ -180,7 +180,7 @@ class PHN(MultiTaskModel):
         layout: FeatureLayout,
         tasks: Sequence[TaskSpec],
         *,
-        independent: bool = True,
+        shared: bool = False,
         cross_layers: int = 3,
         cross_variant: str = "v2",
         fint_layers: int = 3,
@@ -192,9 +192,9 @@ class PHN(MultiTaskModel):
         tower_hidden: Sequence[int] | dict[str, Sequence[int]] = (),
         **kw: Any,
     ) -> None:
-        copies = len(tasks) if independent else 1
+        copies = 1 if shared else len(tasks)
         super().__init__(layout, tasks, embedding_copies=copies, tower_hidden=tower_hidden, **kw)
-        self.independent = independent
+        self.shared = shared
         block = dict(
             cross_layers=cross_layers,
             cross_variant=cross_variant,
@@ -212,7 +212,7 @@ class PHN(MultiTaskModel):
         self.build_towers(self.blocks[0].output_dim)
 
     def backbone(self, x: EmbeddedInputs) -> list[torch.Tensor]:
-        if not self.independent:
+        if self.shared:
             return [self.blocks[0](x.fields, x.dense)] * len(self.tasks)
         slices = x.fields.split(self.embedding_dim, dim=-1)
         return [b(s, x.dense) for b, s in zip(self.blocks, slices, strict=True)]
