@@ -119,7 +119,7 @@ def bench_train(name: str, data, precision: str, args) -> dict[str, Any]:
     import torch
 
     from mtlrec.data.batches import BatchIterator
-    from mtlrec.train.trainer import Trainer, TrainConfig
+    from mtlrec.train.trainer import TrainConfig, Trainer
 
     model = build_model(name, data, args.numeric_mode)
     cfg = TrainConfig(batch_size=args.batch_size, precision=precision, threads=args.threads, progress=False)
@@ -127,9 +127,7 @@ def bench_train(name: str, data, precision: str, args) -> dict[str, Any]:
     model.train()
     torch.manual_seed(0)
     it = BatchIterator(data, args.batch_size, shuffle=True, seed=0, drop_last=True)
-    runs = time_runs(
-        trainer.train_step, endless(it.epoch), args.warmup, args.runs, args.steps_per_run, args.batch_size
-    )
+    runs = time_runs(trainer.train_step, endless(it.epoch), args.warmup, args.runs, args.steps_per_run, args.batch_size)
     return _row(name, "train", precision, args.batch_size, runs)
 
 
