@@ -124,6 +124,9 @@ def test_dephn_ablation_switches(tiny_bundle):
     assert all(not g.weight_hooks for g in no_vg.gates) and not hasattr(no_vg, "virtual_gradient_plugin")
     mg = create_model("dephn", tiny_bundle, gate="mg", **MOE)
     assert not any(isinstance(g, ValueGate) for g in mg.gates)
+    shared = {id(p) for p in full.shared_parameters()}
+    assert shared == {id(p) for m in (full.ssg, full.public) for p in m.parameters()}
+    assert not shared & {id(p) for m in (full.private, full.gates) for p in m.parameters()}
     v1 = create_model("dephn", tiny_bundle, extra_private_dcn_v1=True, **MOE)
     assert "cross_v1" in v1.private[0]
 

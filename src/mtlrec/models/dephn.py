@@ -397,6 +397,11 @@ class HeterogeneousMTL(MultiTaskModel):
             out.append(torch.cat(parts, 1))
         return out
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters every task's loss reaches: the SSG layer and the public experts (the private experts and the
+        per-task gates belong to one task each)."""
+        return [p for m in (self.ssg, self.public) for p in m.parameters() if p.requires_grad]
+
     # -- inspection -----------------------------------------------------------------------------------------------
     def gate_table(self, batch: Any | None = None) -> dict[str, torch.Tensor]:
         """Gate values per task as ``(num_public_experts, P)``; MG gates are averaged over ``batch``'s rows."""
