@@ -1,9 +1,113 @@
-"""Optimizers: fused Adam for dense parameters, a sparse-aware Adam for the embedding table."""
+"""Optimizers: fused Adam for dense parameters, a row-wise lazy Adam for the embedding table.
+
+Dense Adam over a 1M-row embedding table touches all 17M values every step, although a batch looks up a few tens
+of thousands of rows; that full pass is the largest avoidable cost of a CTR training step. :class:`RowwiseAdam`
+updates only the rows a batch touched ("lazy Adam", as TensorFlow's ``LazyAdamOptimizer`` and
+``torch.optim.SparseAdam``), in a handful of vectorised ops on those rows.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
+
+
+class RowwiseAdam(torch.optim.Optimizer):
+    """Lazy Adam for embedding tables with sparse (or dense) gradients: only touched rows are updated.
+
+    For the set ``U`` of rows with a gradient in this step (duplicates summed), with ``t`` the optimizer's step
+    count::
+
+        m[U] = β1 m[U] + (1-β1) g[U]          v[U] = β2 v[U] + (1-β2) g[U]²
+        p[U] -= lr · (m[U] / (1-β1^t)) / (sqrt(v[U] / (1-β2^t)) + eps)
+
+    Rows outside ``U`` keep their parameters and moments unchanged (their moments do not decay), exactly as
+    ``torch.optim.SparseAdam``. Bias correction uses the global step count ``t`` (incremented on every ``step``
+    that sees a gradient). ``weight_decay`` adds ``wd · p[U]`` to the gradient of the touched rows only (L2 on what
+    the batch uses). The two moments of a row are stored side by side in one ``(rows, 2·dim)`` buffer
+    (``state["moments"]``) so each step is one gather and one scatter of moments. A dense gradient is treated as
+    touching every row (plain Adam). Works with ``state_dict``/``load_state_dict`` for exact resume.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if lr < 0.0:
+            raise ValueError(f"invalid learning rate {lr}")
+        if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"invalid betas {betas}")
+        if eps < 0.0 or weight_decay < 0.0:
+            raise ValueError(f"invalid eps {eps} or weight_decay {weight_decay}")
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001, ANN201 - torch's Optimizer.step signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float64)
+                    state["moments"] = torch.zeros(p.shape[0], 2 * p[0].numel(), dtype=p.dtype, device=p.device)
+                state["step"] += 1
+                t = float(state["step"])
+                rows, g = _touched_rows(p.grad)
+                self._update_rows(p, state["moments"], rows, g, group, beta1, beta2, t)
+        return loss
+
+    @staticmethod
+    def _update_rows(
+        p: torch.Tensor,
+        moments: torch.Tensor,
+        rows: torch.Tensor | None,
+        g: torch.Tensor,
+        group: dict,
+        beta1: float,
+        beta2: float,
+        t: float,
+    ) -> None:
+        flat = p.view(p.shape[0], -1)
+        g = g.reshape(g.shape[0], -1).to(p.dtype)
+        d = flat.shape[1]
+        if group["weight_decay"]:
+            cur = flat if rows is None else flat.index_select(0, rows)
+            g = g.add(cur, alpha=group["weight_decay"])
+        mv = moments if rows is None else moments.index_select(0, rows)
+        m, v = mv[:, :d], mv[:, d:]
+        m.lerp_(g, 1.0 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        if rows is not None:
+            moments.index_copy_(0, rows, mv)
+        bc1 = 1.0 - beta1**t
+        bc2 = 1.0 - beta2**t
+        # update = -lr/bc1 · m / (sqrt(v)/sqrt(bc2) + eps), computed into a fresh (U, d) buffer
+        denom = v.sqrt().div_(bc2**0.5).add_(group["eps"])
+        upd = torch.div(m, denom).mul_(-group["lr"] / bc1)
+        if rows is None:
+            flat.add_(upd)
+        else:
+            flat.index_add_(0, rows, upd)
+
+
+def _touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(rows, per-row gradient)`` with duplicate rows summed; ``rows`` is None for a dense gradient."""
+    if not grad.is_sparse:
+        return None, grad
+    g = grad.coalesce()
+    return g.indices()[0], g.values()
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -19,8 +123,8 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
 def build_optimizers(
     model: nn.Module, lr: float, *, embedding_lr: float | None = None, weight_decay: float = 0.0
 ) -> list[torch.optim.Optimizer]:
-    """Adam (``fused=True`` where the build supports it) on dense parameters; ``SparseAdam`` (lazy Adam: only the
-    rows a batch touches are updated) on sparse embedding tables."""
+    """Adam (``fused=True`` where the build supports it) on dense parameters; :class:`RowwiseAdam` (lazy Adam:
+    only the rows a batch touches are updated) on sparse embedding tables."""
     dense, sparse = split_parameters(model)
     opts: list[torch.optim.Optimizer] = []
     if dense:
@@ -29,5 +133,5 @@ def build_optimizers(
         except (RuntimeError, TypeError):
             opts.append(torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay, foreach=True))
     if sparse:
-        opts.append(torch.optim.SparseAdam(sparse, lr=embedding_lr or lr))
+        opts.append(RowwiseAdam(sparse, lr=embedding_lr or lr))
     return opts
