@@ -249,13 +249,26 @@ def test_aitm_calibrator_matches_hand_computation(tiny_bundle):
     out2 = model(other)
     q1, q2 = torch.sigmoid(out2.logits["click"]), torch.sigmoid(out2.logits["purchase"])
     torch.testing.assert_close(out2.aux_losses["aitm_calibrator"], 0.6 * torch.clamp(q2 - q1, min=0).mean())
-    assert model.extra_losses() == {}  # nothing left over to be reused
+    assert model.extra_losses() == {}  # no state kept between forwards
 
     with torch.no_grad():  # ŷ_2 ≤ ŷ_1 everywhere → no calibrator loss
         model.heads["purchase"].bias -= 100.0
     out3 = model(batch)
     assert (torch.sigmoid(out3.logits["purchase"]) <= torch.sigmoid(out3.logits["click"])).all()
     assert out3.aux_losses["aitm_calibrator"] == 0
+
+
+def test_aitm_calibrator_uses_final_logits_and_attention_l2(tiny_bundle):
+    seed_everything(0)
+    model = build("aitm", tiny_bundle, attention_l2=1e-3, dml=True)
+    batch = first_batch(tiny_bundle)
+    out = model(batch)
+    p1, p2 = torch.sigmoid(out.logits["click"]), torch.sigmoid(out.logits["purchase"])  # after the DML plug-in
+    torch.testing.assert_close(out.aux_losses["aitm_calibrator"], 0.6 * torch.relu(p2 - p1).mean())
+    l2 = sum(p.pow(2).sum() for p in model.attentions.parameters())
+    torch.testing.assert_close(out.aux_losses["aitm_attention_l2"], 1e-3 * l2)
+    model.eval()
+    assert "aitm_attention_l2" not in model(batch).aux_losses
 
 
 def test_aitm_transfer_and_attention(tiny_bundle):

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mtlrec.data.batches import Batch
 from mtlrec.data.layout import FeatureLayout
 from mtlrec.layers.mlp import activation
-from mtlrec.models.base import EmbeddedInputs, MultiTaskModel
+from mtlrec.models.base import EmbeddedInputs, ModelOutput, MultiTaskModel
 from mtlrec.models.registry import register_model
 from mtlrec.schema import TaskSpec
 
@@ -67,8 +68,8 @@ class AITM(MultiTaskModel):
       the official L2 on them is ``attention_l2`` ([A] default 0, added as aux loss ``aitm_attention_l2``).
     * Output: ``ŷ_t = σ(Dense_1(z_t))`` (the base class's heads).
     * Loss: ``L = L_ce + α L_lc`` with ``L_lc = mean_batch Σ_{t≥2} max(ŷ_t − ŷ_{t−1}, 0)`` (the behavioural
-      expectation calibrator), returned as aux loss ``aitm_calibrator`` already multiplied by ``calibrator_weight``
-      α ([A] default 0.6, the official 2-task script; ``AITM_standard.py`` uses 0.3). ``L_ce`` is the base class's
+      expectation calibrator), computed in :meth:`forward` from that forward's final logits and returned as aux
+      loss ``aitm_calibrator`` already multiplied by ``calibrator_weight`` α ([A] default 0.6, the official 2-task script; ``AITM_standard.py`` uses 0.3). ``L_ce`` is the base class's
       per-task BCE over each task's declared sample space: the paper trains every task on all impressions, so
       declare the tasks without masks to follow it (the calibrator compares unconditional probabilities).
     """
@@ -114,7 +115,6 @@ class AITM(MultiTaskModel):
             self.attentions = nn.ModuleList([shared] * (len(dims) - 1))
         else:
             self.attentions = nn.ModuleList(AITAttention(d, init_std=attention_init_std) for d in dims[1:])
-        self._fused: list[torch.Tensor] | None = None
 
     def backbone(self, x: EmbeddedInputs) -> list[torch.Tensor]:
         h = x.flat()
@@ -125,20 +125,20 @@ class AITM(MultiTaskModel):
         z = [hiddens[0]]
         for q, g, ait in zip(hiddens[1:], self.transfers, self.attentions, strict=True):
             z.append(ait(g(z[-1]), q))
-        self._fused = z
         return z
 
-    def extra_losses(self) -> dict[str, torch.Tensor]:
-        """The calibrator on this forward's outputs ``ŷ_t = σ(head_t(z_t))`` (the ``z_t`` that
-        :meth:`fuse_hiddens` produced in the same forward; consumed here so it can never be reused stale)."""
-        z, self._fused = self._fused, None
-        losses: dict[str, torch.Tensor] = {}
-        if z is None:
-            return losses
+    def forward(self, batch: Batch) -> ModelOutput:
+        """The base forward, plus the calibrator on THIS forward's final logits (after any plug-in such as DML has
+        acted on them), so it is never computed from stale or pre-plug-in outputs."""
+        out = super().forward(batch)
         if self.calibrator_weight > 0:
-            probs = [torch.sigmoid(self.heads[t](h).squeeze(-1)) for t, h in zip(self.task_names, z, strict=True)]
-            losses["aitm_calibrator"] = self.calibrator_weight * calibrator_loss(probs)
-        if self.attention_l2 > 0 and self.training:
-            params = {id(p): p for a in self.attentions for p in a.parameters()}.values()
-            losses["aitm_attention_l2"] = self.attention_l2 * sum(p.pow(2).sum() for p in params)
-        return losses
+            probs = [torch.sigmoid(out.logits[t]) for t in self.task_names]
+            out.aux_losses["aitm_calibrator"] = self.calibrator_weight * calibrator_loss(probs)
+        return out
+
+    def extra_losses(self) -> dict[str, torch.Tensor]:
+        """The official L2 on the attention matrices (``attention_l2``), while training."""
+        if self.attention_l2 <= 0 or not self.training:
+            return {}
+        params = {id(p): p for p in self.attentions.parameters()}.values()
+        return {"aitm_attention_l2": self.attention_l2 * sum(p.pow(2).sum() for p in params)}
