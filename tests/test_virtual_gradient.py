@@ -168,3 +168,25 @@ def test_vg_on_other_models_and_reconfigure(tiny_bundle):
     batch = next(iter(BatchIterator(tiny_bundle.train, 64)))
     clone.task_losses(clone(batch), batch).sum().backward()
     assert all(g.theta.grad is not None for g in clone.gates)
+
+
+@pytest.mark.parametrize("name", ["cgc", "ple"])
+def test_vg_on_cgc_ple_task_gates(name, tiny_bundle):
+    batch = next(iter(BatchIterator(tiny_bundle.train, 64)))
+    runs = []
+    for vg in (None, "add_sqrt"):
+        seed_everything(0)
+        model = create_model(name, tiny_bundle, embedding_dim=4, tower_hidden=[8], virtual_gradient=vg)
+        out = model(batch)
+        model.task_losses(out, batch).sum().backward()
+        runs.append((model, out))
+    (m0, o0), (m1, o1) = runs
+    assert all(torch.equal(o0.logits[t], o1.logits[t]) for t in o0.logits)
+    groups = m1.virtual_gradient_plugin.groups
+    task_gates = [list(level.task_gates) for level in m1.levels]
+    assert groups == task_gates  # one group of T task gates per level; the shared gate is left alone
+    for (n, p0), p1 in zip(m0.named_parameters(), m1.parameters(), strict=True):
+        if "task_gates" in n:
+            assert not torch.allclose(p0.grad, p1.grad), n
+        elif n.startswith("towers") or n.startswith("heads"):
+            assert torch.equal(p0.grad, p1.grad), n
