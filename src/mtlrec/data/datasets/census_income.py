@@ -6,6 +6,7 @@ Download: https://archive.ics.uci.edu/dataset/117/census+income+kdd (``census-in
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -109,6 +110,21 @@ def census_schema(group: int = 1, numeric_transform: str = "auto", n_buckets: in
     return Schema(features=feats, tasks=tasks)
 
 
+def file_columns(path: str | Path) -> list[str]:
+    """The column names for one census file: the 42 KDD columns, preceded by ``row_id`` when the file carries a
+    leading row-index column (43 fields, as in the 200-row ``census-income.sample`` cut from a DataFrame dump)."""
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+        first = fh.readline()
+    n = len(first.rstrip("\r\n").split(","))
+    if n == len(COLUMNS):
+        return list(COLUMNS)
+    if n == len(COLUMNS) + 1:
+        return ["row_id", *COLUMNS]
+    raise SchemaError(f"census-income: {path} has {n} comma-separated fields; expected {len(COLUMNS)} (KDD format)")
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("MTLREC_DATA_DIR", "../shared/data"))
 
@@ -142,6 +158,9 @@ def load_census_income(
                 "census-income.test.gz from the UCI repository (dataset 117) into one folder "
                 "and pass it as data_dir"
             )
+    columns = file_columns(train)
+    if file_columns(test) != columns:
+        raise SchemaError(f"census-income: {train} and {test} have different column counts")
     return load_files(
         census_schema(group, numeric_transform, n_buckets),
         train,
@@ -152,10 +171,10 @@ def load_census_income(
         valid_test_split=0.5,
         read_options={
             "separator": ",",
-            "column_names": COLUMNS,
+            "column_names": columns,
             "null_values": [],
             "skip_initial_space": True,
-            "string_columns": [c for c in COLUMNS if c not in CONTINUOUS],
+            "string_columns": [c for c in columns if c not in CONTINUOUS],
         },
         transform=derive_labels,
         cache_dir=cache_dir,
