@@ -319,3 +319,16 @@ def test_ait_attention_weights_favour_aligned_item():
     z = ait(p, q)
     w = torch.softmax(torch.tensor([9.0, 0.01]) / 2, 0)
     torch.testing.assert_close(z, w[0] * q + w[1] * p)
+
+
+def test_virtual_gradient_sees_ple_task_gates_not_shared_gate(tiny_bundle):
+    from mtlrec.plugins.virtual_gradient import task_gate_groups
+
+    seed_everything(0)
+    model = build("ple", tiny_bundle, num_levels=2)
+    groups = task_gate_groups(model, 2)
+    assert [list(g) for g in groups] == [list(lvl.task_gates) for lvl in model.levels]
+    vg = build("ple", tiny_bundle, virtual_gradient=True)
+    batch = first_batch(tiny_bundle)
+    vg.task_losses(vg(batch), batch).sum().backward()
+    assert all(p.grad is not None for lvl in vg.levels for p in lvl.task_gates.parameters())
