@@ -125,3 +125,13 @@ def test_learns_above_chance(name, tiny_bundle):
         tiny_bundle.train, tiny_bundle.valid
     )
     assert evaluate(model, tiny_bundle.test)["click"]["auc"] > 0.75
+
+
+@pytest.mark.parametrize("name", ["fint", "nfm", "xdeepfm", "autoint", "masknet", "memonet"])
+def test_field_models_reject_layouts_without_fields(name):
+    from mtlrec.data.datasets.synthetic import load_synthetic
+
+    data = load_synthetic(n=200, dim=3)
+    with pytest.raises(ValueError, match="embedded fields"):
+        create_model(name, data, numeric_mode="dense", **SMALL)
+    create_model("dcn", data, numeric_mode="dense", **SMALL)  # cross networks work on the raw dense block

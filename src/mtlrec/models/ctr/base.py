@@ -76,6 +76,15 @@ class CTRModel(MultiTaskModel):
             self.layout, self.copies, sparse=self.embedding.table.sparse, embed_numeric=self.numeric_mode == "embed"
         )
 
+    def require_fields(self, minimum: int) -> None:
+        """Raises a clear error when a field-interaction model gets fewer embedded fields than it needs."""
+        if self.num_fields < minimum:
+            raise ValueError(
+                f"model {getattr(self, 'registry_name', type(self).__name__)!r} interacts field embeddings and needs "
+                f"at least {minimum} embedded fields, but the data has {self.num_fields} (with numeric_mode='dense' "
+                "numeric features are not embedded; use numeric_mode='embed')"
+            )
+
     def build_networks(self, factory: Callable[[], nn.Module]) -> None:
         self.nets = nn.ModuleList(factory() for _ in range(self.copies))
         dims = [net.out_dim for net in self.nets]

@@ -113,6 +113,7 @@ class NFM(CTRModel):
         **kw,
     ) -> None:
         super().__init__(layout, tasks, **kw)
+        self.require_fields(2)
         if linear:
             self.enable_linear()
         mlp_kw = {"activation_name": self.activation, "dropout": dropout, "batch_norm": batch_norm}
@@ -153,6 +154,7 @@ class XDeepFM(CTRModel):
         **kw,
     ) -> None:
         super().__init__(layout, tasks, **kw)
+        self.require_fields(1)
         self.enable_linear()
         mlp_kw = {"activation_name": self.activation, "dropout": dropout, "batch_norm": batch_norm}
         cin_kw = {"layer_sizes": tuple(cin_layers), "split_half": split_half}

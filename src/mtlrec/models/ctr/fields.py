@@ -73,6 +73,7 @@ class FINTModel(CTRModel):
         **kw,
     ) -> None:
         super().__init__(layout, tasks, **kw)
+        self.require_fields(1)
         if linear:
             self.enable_linear()
         F, D = self.num_fields, self.embedding_dim
@@ -104,6 +105,7 @@ class AutoInt(CTRModel):
         **kw,
     ) -> None:
         super().__init__(layout, tasks, **kw)
+        self.require_fields(1)
         F, D = self.num_fields, self.embedding_dim
         mk = _mlp_kw(self, dropout, batch_norm)
 
@@ -145,6 +147,7 @@ class MaskNetModel(CTRModel):
         **kw,
     ) -> None:
         super().__init__(layout, tasks, **kw)
+        self.require_fields(1)
         hidden = dnn_hidden if dnn_hidden is not None else ((400, 400, 400) if mode == "parallel" else ())
         F, D = self.num_fields, self.embedding_dim
 
@@ -206,6 +209,7 @@ class MemoNet(CTRModel):
         **kw,
     ) -> None:
         super().__init__(layout, tasks, **kw)
+        self.require_fields(2)
         F, D = self.num_fields, self.embedding_dim
         mk = _mlp_kw(self, dropout, batch_norm)
         sparse = self.embedding.table.sparse
