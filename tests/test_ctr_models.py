@@ -135,3 +135,13 @@ def test_field_models_reject_layouts_without_fields(name):
     with pytest.raises(ValueError, match="embedded fields"):
         create_model(name, data, numeric_mode="dense", **SMALL)
     create_model("dcn", data, numeric_mode="dense", **SMALL)  # cross networks work on the raw dense block
+
+
+@pytest.mark.parametrize("name", sorted(CTR))
+def test_single_task(name, tiny_bundle):
+    seed_everything(0)
+    model = create_model(name, tiny_bundle.layout, tiny_bundle.tasks[:1], **{**SMALL, **CTR[name]})
+    batch = next(iter(BatchIterator(tiny_bundle.train, 32)))
+    out = model(batch)
+    assert set(out.logits) == {"click"} and out.logits["click"].shape == (32,)
+    assert len(model.nets) == 1 and model.embedding.table.embedding_dim == 4
