@@ -107,6 +107,7 @@ def test_tsn_parsing_and_cycles():
         {"input_norm": "none", "fi_modules": ["gdcn", "masknet"]},
         {"fi_modules": ["memonet"], "memonet_fields": "all", "memonet_shrink": "global_attentive"},
         {"num_shared": 2},
+        {"fi_modules": ["memonet"], "memonet_fields": ["genres", "user", "price"]},
     ],
 )
 def test_options(opts, tiny_bundle_reg):
@@ -137,3 +138,10 @@ def test_deterministic_under_seed(tiny_bundle):
         )
         outs.append(evaluate(model, tiny_bundle.test))
     assert outs[0] == outs[1]
+
+
+def test_memonet_field_list_validated(tiny_bundle):
+    with pytest.raises(ValueError, match="unknown fields"):
+        create_model("dtn", tiny_bundle, memonet_fields=["user", "nope"], **SMALL)
+    with pytest.raises(ValueError, match="at least two"):
+        create_model("dtn", tiny_bundle, memonet_fields=["user"], **SMALL)

@@ -16,7 +16,8 @@ reading available as options:
     concatenated with ``x`` then a linear ``Dense(fi_dim)`` (:class:`HashCodebook`). [A] the code does not shrink the
     crosses; here they are sum-shrunk to one vector per field (``memonet_shrink="sum"``; ``"global_attentive"`` is
     GAS) because the module offers no unshrunk output; ``num_buckets`` defaults to 100 000 as in the code;
-    ``memonet_fields="sparse"`` crosses the categorical and multi-valued fields (``"all"`` adds numeric ones).
+    ``memonet_fields="sparse"`` crosses the categorical and multi-valued fields (``"all"`` adds numeric ones; a
+    list of field names crosses only those, as MemoNet's key-interaction-field variant does).
 
 * Task ``i``: the self set ``S_i`` is branch ``i``'s FI outputs; the other set ``O_i`` is every other task branch's
   outputs plus the shared branches'. Task-sensitive network (TSN): for each listed edge ``(i : j)`` every ``F`` of
@@ -96,16 +97,16 @@ class _MaskNetBranch(nn.Module):
 
 
 class _MemoNetBranch(nn.Module):
-    def __init__(self, num_cross_fields: int, dim: int, input_dim: int, out_dim: int, **hc_kw) -> None:
+    def __init__(self, cross_fields: list[int], dim: int, input_dim: int, out_dim: int, **hc_kw) -> None:
         super().__init__()
-        self.num_cross_fields = num_cross_fields
-        self.hc = HashCodebook(num_cross_fields, dim, **hc_kw)
+        self.register_buffer("cross_fields", torch.tensor(cross_fields, dtype=torch.long), persistent=False)
+        self.hc = HashCodebook(len(cross_fields), dim, **hc_kw)
         self.proj = nn.Linear(self.hc.out_dim + input_dim, out_dim)
 
     def forward(self, x: torch.Tensor, E: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
         assert ids is not None
-        k = self.num_cross_fields
-        return self.proj(torch.cat([self.hc(ids[:, :k], E[:, :k]), x], 1))
+        k = self.cross_fields
+        return self.proj(torch.cat([self.hc(ids[:, k], E[:, k]), x], 1))
 
 
 def parse_tsn(spec: str | Sequence[str] | Sequence[tuple[int, int]], task_names: list[str]) -> list[tuple[int, int]]:
@@ -171,7 +172,7 @@ class DTN(MultiTaskModel):
         num_buckets: int = 100_000,
         num_hashes: int = 2,
         memonet_shrink: str = "sum",
-        memonet_fields: str = "sparse",
+        memonet_fields: str | Sequence[str] = "sparse",
         hash_seed: int = 0,
         tower_hidden: Sequence[int] | dict[str, Sequence[int]] = (128, 64),
         **kw,
@@ -186,8 +187,6 @@ class DTN(MultiTaskModel):
             raise ValueError(f"combine must be 'sum' or 'concat', got {combine!r}")
         if input_norm not in ("affine", "batchnorm", "none"):
             raise ValueError(f"input_norm must be 'affine', 'batchnorm' or 'none', got {input_norm!r}")
-        if memonet_fields not in ("sparse", "all"):
-            raise ValueError(f"memonet_fields must be 'sparse' or 'all', got {memonet_fields!r}")
         if num_shared < 0 or (num_shared == 0 and len(self.tasks) == 1):
             raise ValueError("DTN needs at least one other branch (a shared one or another task)")
         T, D, Fn = len(self.tasks), self.embedding_dim, self.num_fields
@@ -203,10 +202,9 @@ class DTN(MultiTaskModel):
             self.input_norm = nn.BatchNorm1d(d)
         else:
             self.input_norm = nn.Identity()
-        sparse_fields = len(layout.categorical) + len(layout.multi_valued)
-        self.cross_fields = Fn if memonet_fields == "all" else sparse_fields
-        if "memonet" in self.fi_modules and self.cross_fields < 2:
-            raise ValueError(f"MemoNet needs at least two fields to cross, the data has {self.cross_fields}")
+        self.cross_fields = self._cross_fields(memonet_fields)
+        if "memonet" in self.fi_modules and len(self.cross_fields) < 2:
+            raise ValueError(f"MemoNet needs at least two fields to cross, got {len(self.cross_fields)}")
         sparse = self.embedding.table.sparse
 
         def make(kind: str) -> nn.Module:
@@ -241,6 +239,20 @@ class DTN(MultiTaskModel):
         else:
             self.gate_input = nn.Linear(d, T * N)
         self.build_towers(fi_dim * (2 if combine == "concat" else 1))
+
+    def _cross_fields(self, spec: str | Sequence[str]) -> list[int]:
+        """Indices (in the embedding's field order) of the fields whose pairs MemoNet memorises."""
+        names = self.layout.field_names[: self.num_fields]
+        if spec == "all":
+            return list(range(self.num_fields))
+        if spec == "sparse":
+            return list(range(len(self.layout.categorical) + len(self.layout.multi_valued)))
+        if isinstance(spec, str):
+            raise ValueError(f"memonet_fields must be 'sparse', 'all' or a list of field names, got {spec!r}")
+        unknown = [f for f in spec if f not in names]
+        if unknown:
+            raise ValueError(f"memonet_fields: unknown fields {unknown}; the model's fields are {names}")
+        return [names.index(f) for f in spec]
 
     # ---- inputs --------------------------------------------------------------------------------------------
     def embed(self, batch: Batch) -> DTNInputs:
