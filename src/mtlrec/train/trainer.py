@@ -147,8 +147,14 @@ class Trainer:
             model, config.lr, embedding_lr=config.embedding_lr, weight_decay=config.weight_decay
         )
         self.weighting = weighting or create_weighting(
-            config.weighting, [t.weight for t in model.tasks], **config.weighting_params
+            config.weighting,
+            [t.weight for t in model.tasks],
+            task_types=[t.type for t in model.tasks],
+            **config.weighting_params,
         )
+        extra = self.weighting.parameters()  # learnable weighting state (uncertainty's log σ², GradNorm's w)
+        if extra:
+            self.optimizers.append(torch.optim.Adam(extra, lr=self.weighting.lr or config.lr))
         self.monitor_task, self.monitor_metric, self.higher_better = resolve_monitor(model, config.monitor)
         self.state: dict[str, Any] = {
             "epoch": 0,
@@ -233,10 +239,16 @@ class Trainer:
         while self.state["epoch"] < cfg.epochs:
             epoch = self.state["epoch"]
             t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+            if self.state["batch"] == 0 or "epoch_task_loss" not in self.state:
+                # per-task loss sums of this epoch (in the state so a mid-epoch resume keeps them exact)
+                self.state["epoch_task_loss"] = torch.zeros(len(self.model.tasks), dtype=torch.float64)
+                self.state["epoch_batches"] = 0
             bar = _progress(it.num_batches(), self.state["batch"], f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
             try:
                 for batch in it.epoch(epoch, start_batch=self.state["batch"]):
-                    loss, _ = self.train_step(batch)
+                    loss, task_losses = self.train_step(batch)
+                    self.state["epoch_task_loss"] += task_losses.double().cpu()
+                    self.state["epoch_batches"] += 1
                     self.state["batch"] += 1
                     self.state["step"] += 1
                     seen += len(batch)
@@ -259,6 +271,7 @@ class Trainer:
                 if bar is not None:
                     bar.close()
             train_time = time.perf_counter() - t0
+            self.weighting.on_epoch_end((self.state["epoch_task_loss"] / max(self.state["epoch_batches"], 1)).float())
             scores = evaluate(self.model, valid, cfg.eval_batch_size, cfg.precision)
             value = monitored_value(scores, self.monitor_task, self.monitor_metric)
             improved = self._is_improvement(value)
