@@ -1,0 +1,136 @@
+"""DML on MovieLens-1M: Shared-Bottom, MMoE and PLE, each plain, +CTFM, +GKD and +DML (CTFM + GKD).
+
+Protocol (DML paper, MODELS.md B.2-B.3): tasks like (rating >= 4, AUC) and rating (regression, MSE); random 8:1:1
+split of the ratings (split seed 0, fixed, so seeds vary only initialisation and batch order); embedding 16, towers
+[128, 64], experts [256, 128] (MMoE 4 experts; PLE 1 shared + 1 specific per task, 2 levels; Shared-Bottom one
+[256, 128] bottom); Adam lr 1e-3, batch 512, equal task weights, early stopping on validation like-AUC (patience 3),
+test evaluated once at the selected epoch. The +CTFM/+GKD runs of a seed start from the same backbone weights as
+the plain run of that seed (the plug-in is built after the model), and each variant is compared with its plain
+backbone by a paired t-test over seeds (``mtlrec.metrics.paired_test``).
+
+    python benchmarks/movielens_dml.py --seeds 5
+    python benchmarks/movielens_dml.py --quick          # 10k ratings, 2 seeds, 1 epoch: exercises everything
+
+The shared folder holds the first 487,650 ratings (users 1-2,999); with the full ratings.dat the script uses it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import base_parser, command_line, markdown_table, parse_models, write_results  # noqa: E402
+
+from mtlrec.data.datasets import load_dataset  # noqa: E402
+from mtlrec.experiment import run_one  # noqa: E402
+from mtlrec.metrics import paired_test  # noqa: E402
+from mtlrec.train.trainer import TrainConfig  # noqa: E402
+
+NAME = "movielens_dml"
+MODELS = ["shared_bottom", "mmoe", "ple"]
+VARIANTS = ["plain", "ctfm", "gkd", "dml"]
+COMMON = {"embedding_dim": 16, "tower_hidden": [128, 64]}
+BACKBONE = {
+    "shared_bottom": {"bottom_hidden": [256, 128]},
+    "mmoe": {"num_experts": 4, "expert_hidden": [256, 128]},
+    "ple": {"num_shared_experts": 1, "num_specific_experts": 1, "num_levels": 2, "expert_hidden": [256, 128]},
+}
+METRICS = {"like": "auc", "rating": "mse"}
+QUICK_RATINGS = 10_000
+
+
+def model_params(model: str, variant: str) -> dict:
+    params = {**COMMON, **BACKBONE.get(model, {})}
+    if variant != "plain":
+        params["dml"] = {"variant": variant}
+    return params
+
+
+def main() -> None:
+    p = base_parser(NAME, __doc__.split("\n")[0], default_models=",".join(MODELS))
+    p.add_argument("--variants", default=",".join(VARIANTS), help="plain,ctfm,ctfm_no_sg,gkd,dml")
+    p.add_argument("--epochs", type=int, default=None, help="max epochs (default 20; quick 1)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    models = parse_models(args.models, MODELS)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if "plain" not in variants:
+        variants.insert(0, "plain")
+    n_seeds = min(args.seeds, 2) if args.quick else args.seeds
+    seeds = list(range(n_seeds))
+    epochs = args.epochs or (1 if args.quick else 20)
+    data_params = {"data_dir": args.data_dir, "split_seed": 0}
+    if args.quick:
+        data_params["max_ratings"] = QUICK_RATINGS
+    bundle = load_dataset("movielens_1m", **data_params)
+    print(f"data: {bundle.summary()['rows']} (ratings file {bundle.meta['source']['ratings']})", flush=True)
+
+    scores: dict[tuple[str, str, str], list[float]] = {}
+    seconds: dict[tuple[str, str], list[float]] = {}
+    for model in models:
+        for variant in variants:
+            for seed in seeds:
+                cfg = TrainConfig(epochs=epochs, batch_size=512, lr=1e-3, seed=seed, patience=3, progress=False)
+                t0 = time.perf_counter()
+                row = run_one(bundle, model, model_params(model, variant), cfg, None)
+                seconds.setdefault((model, variant), []).append(time.perf_counter() - t0)
+                for task, metric in METRICS.items():
+                    scores.setdefault((model, variant, task), []).append(row["test"][task][metric])
+                print(
+                    f"{model:14s} {variant:10s} seed {seed}: like AUC {row['test']['like']['auc']:.4f}, "
+                    f"rating MSE {row['test']['rating']['mse']:.4f} (best epoch {row['best_epoch']})",
+                    flush=True,
+                )
+
+    rows = []
+    for (model, variant, task), values in scores.items():
+        t = torch.tensor(values, dtype=torch.float64)
+        r = {
+            "model": model,
+            "variant": variant,
+            "task": task,
+            "metric": METRICS[task],
+            "split": "test",
+            "mean": float(t.mean()),
+            "std": float(t.std()) if len(values) > 1 else 0.0,
+            "values": values,
+            "seeds": seeds,
+            "train_seconds_mean": sum(seconds[(model, variant)]) / len(seeds),
+        }
+        if variant != "plain":
+            test = paired_test(values, scores[(model, "plain", task)])
+            r["diff_vs_plain"] = test["mean_diff"]
+            r["p_value_vs_plain"] = test["p_value"]
+        rows.append(r)
+    title = "MovieLens-1M, DML variants" + (
+        f" (QUICK: {QUICK_RATINGS:,} ratings, {epochs} epoch(s); no quality claim)" if args.quick else ""
+    )
+    print(f"\n### {title}\n")
+    print(
+        markdown_table(
+            rows,
+            ["model", "variant", "task", "metric", "mean", "std", "diff_vs_plain", "p_value_vs_plain"],
+            headers=["model", "variant", "task", "metric", "mean", "std", "Δ vs plain", "p (paired t)"],
+        )
+    )
+    extra = {
+        "protocol": {
+            "data": {k: v for k, v in data_params.items() if k != "data_dir"},
+            "ratings_file": bundle.meta["source"]["ratings"],
+            "rows": bundle.summary()["rows"],
+            "params": {m: model_params(m, "dml") for m in models},
+            "train": {"epochs": epochs, "batch_size": 512, "lr": 1e-3, "patience": 3, "monitor": "like.auc"},
+        }
+    }
+    out = write_results(NAME, command_line(), rows, args.quick, args.out, threads=args.threads, extra=extra)
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
