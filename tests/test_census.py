@@ -84,3 +84,22 @@ def test_census_rejects_wrong_field_count(tmp_path: Path):
     bad.write_text("1,2,3\n")
     with pytest.raises(SchemaError, match="3 comma-separated fields"):
         file_columns(bad)
+
+
+def test_synthetic_default_config_file_mirrors_builtin_default():
+    from mtlrec.experiment import DEFAULT_CONFIG, load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "synthetic_default.yaml"
+    assert load_config(path) == DEFAULT_CONFIG
+
+
+def test_census_benchmark_config_is_valid():
+    import yaml
+
+    from mtlrec.experiment import train_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "census_income.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    train_config(cfg["train"], 0)  # unknown train settings raise
+    assert set(cfg["models"]) <= set(mtlrec.list_models())
+    assert cfg["data"].get("numeric_transform", "auto") in {"auto", "standardize", "log", "quantile"}
