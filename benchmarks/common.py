@@ -189,6 +189,8 @@ def _fmt(v: Any, digits: int) -> str:
             return "nan"
         if abs(v) >= 1000:
             return f"{v:,.0f}"
+        if abs(v) >= 100:
+            return f"{v:.1f}"
         return f"{v:.{digits}f}"
     if isinstance(v, (list, tuple)):
         return ", ".join(_fmt(x, digits) for x in v)
