@@ -202,3 +202,11 @@ def test_regression_task(tiny_bundle_reg):
     assert set(out.logits) == {"click", "purchase", "rating"}
     model.task_losses(out, batch).sum().backward()
     assert all(p.grad is not None for p in model.plugins.parameters())
+
+
+def test_plugin_parameters_are_not_shared(tiny_bundle):
+    """GKD heads and CTFM task embeddings are task-specific: gradient-based weighting must not act on them."""
+    model = build("mmoe", tiny_bundle, dml={"variant": "dml"})
+    shared = {id(p) for p in model.shared_parameters()}
+    assert shared and not any(id(p) in shared for p in model.plugins.parameters())
+    assert all(id(p) in shared for p in model.experts.parameters())

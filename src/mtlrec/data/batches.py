@@ -33,7 +33,10 @@ class Batch:
 
     @classmethod
     def from_arrays(cls, data: EncodedData, idx: np.ndarray | slice) -> Batch:
-        t = torch.from_numpy
+        def t(a: np.ndarray) -> torch.Tensor:
+            # a contiguous slice of a read-only memory map is a read-only view; torch needs writable memory
+            return torch.from_numpy(a if a.flags.writeable else a.copy())
+
         return cls(
             t(np.ascontiguousarray(data.cat[idx], dtype=np.int64)),
             t(np.ascontiguousarray(data.num[idx], dtype=np.float32)),

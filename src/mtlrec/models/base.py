@@ -189,6 +189,6 @@ class MultiTaskModel(nn.Module):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Dense parameters shared by all tasks (what gradient-based weighting acts on): the backbone's, never the
-        embedding table's, towers' or heads'."""
-        skip = {id(p) for m in (self.embedding, self.towers, self.heads) for p in m.parameters()}
+        embedding table's, towers', heads' or tower plug-ins' (DML's per-task GKD heads are task-specific)."""
+        skip = {id(p) for m in (self.embedding, self.towers, self.heads, self.plugins) for p in m.parameters()}
         return [p for p in self.parameters() if id(p) not in skip and p.requires_grad]
