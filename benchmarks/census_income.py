@@ -17,6 +17,7 @@ values, seeds`` for test and validation, plus gain rows (``metric: "mtl_gain_auc
 
 from __future__ import annotations
 
+import argparse
 import copy
 import multiprocessing
 import sys
@@ -26,15 +27,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, base_parser, command_line, parse_models, write_results  # noqa: E402
+from common import ROOT, base_parser, command_line, display_path, parse_models, write_results  # noqa: E402
 
 import mtlrec  # noqa: E402
 from mtlrec import metrics as M  # noqa: E402
-from mtlrec.experiment import markdown_table, run_one, summarize, train_config  # noqa: E402
+from mtlrec.experiment import load_config, markdown_table, run_one, summarize, train_config  # noqa: E402
 
 NAME = "census_income"
 DEFAULT_MODELS = ["single_task", "shared_bottom", "omoe", "mmoe", "cgc", "ple", "aitm"]
@@ -43,14 +43,22 @@ MAIN_TASK = {1: "income", 2: "education"}
 
 
 def load_bench_config(path: str | Path) -> dict[str, Any]:
-    cfg = yaml.safe_load(Path(path).read_text()) or {}
+    """The benchmark YAML with its ``base:`` file merged under it (:func:`mtlrec.experiment.load_config`)."""
+    cfg = load_config(path)
     for key in ("data", "model_defaults", "models", "train"):
         cfg.setdefault(key, {})
     return cfg
 
 
 def model_params(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """``model_defaults`` updated by the ``models[name]`` entry; an entry may name its registry model as ``model:``
+    (variants of one model under distinct row names)."""
     return {**copy.deepcopy(cfg["model_defaults"]), **copy.deepcopy(cfg["models"].get(name) or {})}
+
+
+def registry_name(cfg: dict[str, Any], name: str) -> str:
+    """The registry model a row name runs: its entry's ``model:``, else the name itself."""
+    return (cfg["models"].get(name) or {}).get("model", name)
 
 
 _WORKER: dict[str, Any] = {}
@@ -63,8 +71,50 @@ def _init_worker(threads: int, data_dir: str, data_params: dict[str, Any], quick
 
 
 def _run(job: tuple[str, dict[str, Any], dict[str, Any], int]) -> dict[str, Any]:
+    """One validation-selected run of ``job = (row name, params, train settings, seed)``; a ``model`` key in the
+    params names the registry model (the row keeps the row name as ``model``)."""
     name, params, train_raw, seed = job
-    return run_one(_WORKER["bundle"], name, params, train_config(train_raw, seed), None)
+    params = dict(params)
+    registry = params.pop("model", name)
+    row = run_one(_WORKER["bundle"], registry, params, train_config(train_raw, seed), None)
+    row.update(model=name, registry_model=registry)
+    return row
+
+
+def run_jobs(jobs: list, n_jobs: int, init_args: tuple, fn=_run, init=_init_worker):
+    """Yield ``fn(job)`` for each job, in order: in this process (already initialised by the caller) when
+    ``n_jobs`` is 1, else in ``n_jobs`` forked workers each initialised by ``init(*init_args)``."""
+    if n_jobs <= 1:
+        yield from map(fn, jobs)
+        return
+    pool = multiprocessing.get_context("fork").Pool(n_jobs, init, init_args)
+    try:
+        yield from pool.imap(fn, jobs)
+    finally:
+        pool.close()
+        pool.join()
+
+
+def run_line(row: dict[str, Any], main_task: str) -> str:
+    """One progress line of a finished run: test AUC per task, validation main-task AUC, best epoch, time."""
+    return (
+        f"  {row['model']:14s} seed {row['seed']}: test "
+        + ", ".join(f"{t} {v['auc']:.4f}" for t, v in row["test"].items())
+        + f" | valid {main_task} {row['valid'][main_task]['auc']:.4f}"
+        + f" | best epoch {row['best_epoch'] + 1}/{row['epochs_run']} | {row['train_seconds']:.0f}s"
+    )
+
+
+def run_info(cfg: dict[str, Any], runs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """Params, best epochs (1-based), epochs run, mean train seconds and size of one row name's runs."""
+    mine = [r for r in runs if r["model"] == name]
+    return {
+        "params": model_params(cfg, name),
+        "best_epochs": [r["best_epoch"] + 1 for r in mine],
+        "epochs_run": [r["epochs_run"] for r in mine],
+        "train_seconds_mean": float(np.mean([r["train_seconds"] for r in mine])),
+        "num_parameters": mine[0]["num_parameters"],
+    }
 
 
 def quick_subset(bundle, rows: int, seed: int = 0):
@@ -74,47 +124,75 @@ def quick_subset(bundle, rows: int, seed: int = 0):
     return bundle
 
 
-def gain_rows(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """MTL gain (PLE §5) of each model's mean test AUC over single_task's, per task, with a paired t-test over
-    the shared seeds."""
-    by = {(s["model"], s["task"]): s for s in summary if s["metric"] == "auc" and s["split"] == "test"}
+def paired_rows(
+    summary: list[dict[str, Any]],
+    reference: str = "single_task",
+    metric: str = "auc",
+    *,
+    gain: bool = True,
+    row_metric: str | None = None,
+) -> list[dict[str, Any]]:
+    """Each model's test ``metric`` against ``reference``'s, per task, paired over their shared seeds, with a
+    paired t-test p-value (:func:`mtlrec.metrics.paired_test`). ``gain=True``: the MTL gain of PLE §5
+    (``M_MTL − M_ref``, sign flipped for lower-is-better metrics; row metric ``mtl_gain_<metric>``);
+    ``gain=False``: the plain difference ``model − reference`` (row metric ``<metric>_diff_vs_<reference>``)."""
+    diff = (lambda x, y: M.mtl_gain(metric, x, y)) if gain else (lambda x, y: x - y)
+    by = {(s["model"], s["task"]): s for s in summary if s["metric"] == metric and s["split"] == "test"}
     out = []
     for (model, task), s in by.items():
-        ref = by.get(("single_task", task))
-        if ref is None or model == "single_task":
+        ref = by.get((reference, task))
+        if ref is None or model == reference:
             continue
         seeds = sorted(set(s["seeds"]) & set(ref["seeds"]))
         a = [s["values"][s["seeds"].index(k)] for k in seeds]
         b = [ref["values"][ref["seeds"].index(k)] for k in seeds]
         test = M.paired_test(a, b)
+        values = [diff(x, y) for x, y in zip(a, b, strict=True)]
         out.append(
             {
                 "model": model,
                 "task": task,
-                "metric": "mtl_gain_auc",
+                "metric": row_metric or (f"mtl_gain_{metric}" if gain else f"{metric}_diff_vs_{reference}"),
                 "split": "test",
-                "mean": M.mtl_gain("auc", s["mean"], ref["mean"]),
-                "std": float(np.std(np.subtract(a, b), ddof=1)) if len(a) > 1 else 0.0,
-                "values": [M.mtl_gain("auc", x, y) for x, y in zip(a, b, strict=True)],
+                "mean": diff(s["mean"], ref["mean"]),
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "values": values,
                 "seeds": seeds,
-                "reference": "single_task",
+                "reference": reference,
                 "p_value": None if np.isnan(test["p_value"]) else test["p_value"],
             }
         )
     return out
 
 
-def gain_table(gains: list[dict[str, Any]], tasks: list[str]) -> str:
-    models = list(dict.fromkeys(g["model"] for g in gains))
+def paired_table(rows: list[dict[str, Any]], tasks: list[str], what: str = "AUC gain vs single_task") -> str:
+    """Markdown: one line per model, one column per task, cells ``mean (p=…)`` of :func:`paired_rows` rows."""
+    models = list(dict.fromkeys(g["model"] for g in rows))
     cell = {
         (g["model"], g["task"]): f"{g['mean']:+.4f}" + ("" if g["p_value"] is None else f" (p={g['p_value']:.3f})")
-        for g in gains
+        for g in rows
     }
-    lines = ["| model | " + " | ".join(f"{t} AUC gain vs single_task" for t in tasks) + " |"]
+    lines = ["| model | " + " | ".join(f"{t} {what}" for t in tasks) + " |"]
     lines.append("|---" * (len(tasks) + 1) + "|")
     for m in models:
         lines.append(f"| {m} | " + " | ".join(cell.get((m, t), "–") for t in tasks) + " |")
     return "\n".join(lines)
+
+
+def run_fields(
+    args: argparse.Namespace, train_raw: dict[str, Any], missing: list[str], done: int, wall: float, complete: bool
+) -> dict[str, Any]:
+    """The JSON fields every census benchmark records about how it ran: train settings, skipped models, config
+    file, wall time, whether it is complete and how many runs are done, the process layout."""
+    return {
+        "train": {k: v for k, v in train_raw.items() if k != "progress"},
+        "skipped_models": missing,
+        "config_file": display_path(args.config),
+        "wall_seconds": round(wall, 1),
+        "complete": complete,
+        "runs_done": done,
+        "parallel": {"jobs": args.jobs, "threads_per_job": args.threads},
+    }
 
 
 def report(runs, *, complete, args, bundle, models, missing, data_params, train_raw, main_task, t_start, cfg):
@@ -122,21 +200,12 @@ def report(runs, *, complete, args, bundle, models, missing, data_params, train_
     print the tables."""
     test = [s for s in summarize(runs, "test") if s["metric"] == "auc"]
     valid = [s for s in summarize(runs, "valid") if s["metric"] == "auc"]
-    gains = gain_rows(test, runs)
+    gains = paired_rows(test)
     tasks = [t.name for t in bundle.tasks]
     wall = time.perf_counter() - t_start
 
     models = [m for m in models if any(r["model"] == m for r in runs)]
-    per_model = {
-        name: {
-            "params": model_params(cfg, name),
-            "best_epochs": [r["best_epoch"] + 1 for r in runs if r["model"] == name],
-            "epochs_run": [r["epochs_run"] for r in runs if r["model"] == name],
-            "train_seconds_mean": float(np.mean([r["train_seconds"] for r in runs if r["model"] == name])),
-            "num_parameters": next(r["num_parameters"] for r in runs if r["model"] == name),
-        }
-        for name in models
-    }
+    per_model = {name: run_info(cfg, runs, name) for name in models}
     out = write_results(
         NAME,
         command_line(),
@@ -154,16 +223,8 @@ def report(runs, *, complete, args, bundle, models, missing, data_params, train_
                 "rows": {k: len(getattr(bundle, k)) for k in ("train", "valid", "test")},
                 "data_params": {k: v for k, v in data_params.items() if k != "data_dir"},
             },
-            "train": {k: v for k, v in train_raw.items() if k != "progress"},
             "models": per_model,
-            "skipped_models": missing,
-            "config_file": str(Path(args.config).resolve().relative_to(ROOT))
-            if Path(args.config).resolve().is_relative_to(ROOT)
-            else str(args.config),
-            "wall_seconds": round(wall, 1),
-            "complete": complete,
-            "runs_done": len(runs),
-            "parallel": {"jobs": args.jobs, "threads_per_job": args.threads},
+            **run_fields(args, train_raw, missing, len(runs), wall, complete),
         },
     )
     if not complete:
@@ -172,16 +233,15 @@ def report(runs, *, complete, args, bundle, models, missing, data_params, train_
     print(markdown_table(test))
     if gains:
         print("\nMTL gain (PLE §5) of mean test AUC over single_task; p: paired t-test over seeds:\n")
-        print(gain_table(gains, tasks))
+        print(paired_table(gains, tasks))
     print(f"\nwall time {wall / 60:.1f} min, {args.jobs} job(s) × {args.threads} thread(s)")
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = base_parser(NAME, __doc__.splitlines()[0], default_models=",".join(DEFAULT_MODELS))
-    p.add_argument("--group", type=int, default=1, choices=(1, 2), help="MMoE task group (default 1)")
+def add_run_options(p: argparse.ArgumentParser, default_config: Path) -> None:
+    """The census benchmarks' options beyond the BENCHMARKS.md contract: split seed, config, threads, jobs."""
     p.add_argument("--split-seed", type=int, default=0, help="seed of the fixed valid/test split (default 0)")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="hyper-parameters (YAML)")
+    p.add_argument("--config", default=str(default_config), help="hyper-parameters (YAML)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
     p.add_argument(
         "--jobs",
@@ -189,28 +249,40 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="runs in parallel processes (default 1; use --jobs 2 --threads 1 to spend 2 cores on two runs at once)",
     )
+
+
+def run_plan(args: argparse.Namespace, default_models: list[str]):
+    """``(cfg, models, missing, seeds, quick_rows, train_raw)`` of a census benchmark's arguments: the config, the
+    row names whose registry model exists and those skipped, the seeds, the quick training subset size (None for
+    a full run) and the train settings with the quick overrides applied (``monitor`` is the caller's)."""
+    cfg = load_bench_config(args.config)
+    quick_cfg = cfg.get("quick") or {}
+    available = set(mtlrec.list_models())
+    wanted = parse_models(args.models, default_models)
+    models = [m for m in wanted if registry_name(cfg, m) in available]
+    missing = [m for m in wanted if m not in models]
+    if missing:
+        print(f"skipping models not registered in this mtlrec: {', '.join(missing)}")
+    seeds = list(range(int(quick_cfg.get("seeds", 1)) if args.quick else args.seeds))
+    quick_rows = int(quick_cfg.get("train_rows", 40_000)) if args.quick else None
+    train_raw = {**cfg["train"], **(quick_cfg.get("train") or {} if args.quick else {}), "progress": False}
+    return cfg, models, missing, seeds, quick_rows, train_raw
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_parser(NAME, __doc__.splitlines()[0], default_models=",".join(DEFAULT_MODELS))
+    p.add_argument("--group", type=int, default=1, choices=(1, 2), help="MMoE task group (default 1)")
+    add_run_options(p, DEFAULT_CONFIG)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
-    cfg = load_bench_config(args.config)
-    quick_cfg = cfg.get("quick") or {}
-    available = set(mtlrec.list_models())
-    wanted = parse_models(args.models, DEFAULT_MODELS)
-    models = [m for m in wanted if m in available]
-    missing = [m for m in wanted if m not in available]
-    if missing:
-        print(f"skipping models not registered in this mtlrec: {', '.join(missing)}")
-    n_seeds = int(quick_cfg.get("seeds", 1)) if args.quick else args.seeds
-    seeds = list(range(n_seeds))
-
+    cfg, models, missing, seeds, quick_rows, train_raw = run_plan(args, DEFAULT_MODELS)
     data_params = {**cfg["data"], "group": args.group, "split_seed": args.split_seed}
-    quick_rows = int(quick_cfg.get("train_rows", 40_000)) if args.quick else None
     _init_worker(args.threads, args.data_dir, data_params, quick_rows)
     bundle = _WORKER["bundle"]
     main_task = MAIN_TASK[args.group]
-    train_raw = {**cfg["train"], **(quick_cfg.get("train") or {} if args.quick else {})}
-    train_raw.update(monitor=f"{main_task}.auc", progress=False)
+    train_raw["monitor"] = f"{main_task}.auc"
     print(
         f"census-income group {args.group}: train {len(bundle.train):,} / valid {len(bundle.valid):,} / test "
         f"{len(bundle.test):,} rows; split seed {args.split_seed}; seeds {seeds}; models {', '.join(models)}"
@@ -220,12 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     # seed-major order: an interrupted run still has every model with its first seeds (the JSON is rewritten,
     # marked "complete": false, after every run)
     jobs = [(name, model_params(cfg, name), train_raw, seed) for seed in seeds for name in models]
-    if args.jobs > 1:
-        ctx = multiprocessing.get_context("fork")
-        pool = ctx.Pool(args.jobs, _init_worker, (args.threads, args.data_dir, data_params, quick_rows))
-        results = pool.imap(_run, jobs)
-    else:
-        pool, results = None, map(_run, jobs)
+    results = run_jobs(jobs, args.jobs, (args.threads, args.data_dir, data_params, quick_rows))
     ctx_args = dict(
         args=args,
         bundle=bundle,
@@ -239,19 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs: list[dict[str, Any]] = []
     for row in results:
-        name, seed = row["model"], row["seed"]
         runs.append(row)
-        print(
-            f"  {name:14s} seed {seed}: test "
-            + ", ".join(f"{t} {v['auc']:.4f}" for t, v in row["test"].items())
-            + f" | valid {main_task} {row['valid'][main_task]['auc']:.4f}"
-            + f" | best epoch {row['best_epoch'] + 1}/{row['epochs_run']} | {row['train_seconds']:.0f}s",
-            flush=True,
-        )
+        print(run_line(row, main_task), flush=True)
         report(runs, complete=False, **ctx_args)
-    if pool is not None:
-        pool.close()
-        pool.join()
 
     out = report(runs, complete=True, **ctx_args)
     print(f"wrote {out}")

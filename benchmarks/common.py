@@ -118,6 +118,12 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     return shlex.join(["python", script, *argv[1:]])
 
 
+def display_path(path: str | Path) -> str:
+    """``path`` relative to the project root where it lies inside it, else as given (for the JSON)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
+
+
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far, in MiB."""
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux

@@ -16,6 +16,18 @@ SAMPLE = SHARED_DATA / "samples" / "census-income.sample"
 LABEL_SOURCES = {"income_50k", "marital_stat", "instance_weight"}
 
 
+def load_sample(cache_dir: Path):
+    """The 200-row Census-Income sample through the real reader, as both train and test file (no cache)."""
+    return mtlrec.load_dataset(
+        "census_income",
+        data_dir=SAMPLE.parent,
+        train_file=SAMPLE.name,
+        test_file=SAMPLE.name,
+        cache_dir=str(cache_dir),
+        use_cache=False,
+    )
+
+
 def feature_names(bundle) -> set[str]:
     layout = bundle.layout.to_dict()
     names = {c[0] for c in layout["categorical"]} | set(layout["numeric"])
@@ -59,14 +71,7 @@ def test_census_split_seed_changes_valid_test_only():
 @needs_shared_data("samples/census-income.sample")
 def test_census_sample_through_the_same_reader(tmp_path: Path):
     assert file_columns(SAMPLE)[0] == "row_id"  # the sample carries a leading row index
-    b = mtlrec.load_dataset(
-        "census_income",
-        data_dir=SAMPLE.parent,
-        train_file=SAMPLE.name,
-        test_file=SAMPLE.name,
-        cache_dir=str(tmp_path),
-        use_cache=False,
-    )
+    b = load_sample(tmp_path)
     assert (len(b.train), len(b.valid) + len(b.test)) == (200, 200)
     names = feature_names(b)
     assert "row_id" not in names and not names & LABEL_SOURCES
