@@ -1,0 +1,465 @@
+"""Criteo-R / Criteo-UR: DEPHN's two-task data sets made from a base confidence (Kong et al., IJCNN'23, §IV-A;
+MODELS.md A.1.1 and Part G row 7), a reader of the Criteo display-ads format, and a Criteo-shaped generator.
+
+Criteo format (https://www.kaggle.com/c/criteo-display-ad-challenge, ``train.txt``; 46,840,617 rows): the click
+label, 13 integer columns ``I1..I13`` and 26 hashed categorical columns ``C1..C26``, tab-separated, no header;
+an empty field is missing. The 200-row sample in ``../shared/data/samples/criteo_sample.txt`` is comma-separated
+with a header; :func:`read_criteo` reads both.
+
+Recipe (A.1.1):
+
+1. Base confidence ``c``: the pre-sigmoid logit of a simple DNN trained on the click label
+   (:func:`dnn_confidence`, trained with mtlrec's own :class:`~mtlrec.train.trainer.Trainer` and the registered
+   ``dnn`` model, early-stopped on the validation split, then applied to every row: the [A] "full-data fit").
+   For the synthetic variant (:func:`criteo_like_synthetic`) ``c`` is known by construction.
+2. ``c`` is standardised (train-split moments) and mapped to ``c_loc + c_scale·z`` (default ``N(−1.1, 1)``: the
+   [A] logit distribution under which the paper's correlations 0.9877 / 0.5288 are reproduced; a standardised
+   ``N(0, 1)`` gives 0.99 / 0.91 instead). ``c_loc=None`` keeps the raw logit.
+3. Related latent (G.7 reading, sign multiplies both terms): ``y_r = sign(c)(2 ln(1+|c|) + 0.1 e^{|c|}) + ε``,
+   ``ε ~ N(0, noise_std²)``; unrelated latent: ``y_ur = sign(c)(2 sin|c| + 0.1 cos|c|)`` (no noise in the paper;
+   ``ur_noise_std`` adds some).
+4. Labels ("indicative function", eq. 7): ``task1 = 1[c > 0]`` and ``task2 = 1[y > 0]`` (``labeling="threshold"``).
+   With that reading task 2 nearly equals task 1 (UR differs only where ``|c| > 3.09``), so the label agreement is
+   always measured and reported; ``labeling="bernoulli"`` draws ``Bernoulli(σ(c))`` and ``Bernoulli(σ(y))``.
+5. Random 8:1:1 split with a recorded ``split_seed``.
+
+Everything is vectorised numpy/pyarrow (no per-row Python) and needs no network.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+from scipy.special import ndtri
+
+from mtlrec.data.bundle import DataBundle, encode_tables
+from mtlrec.data.datasets import register_dataset
+from mtlrec.data.readers import read_table
+from mtlrec.data.splits import random_split
+from mtlrec.schema import CategoricalFeature, NumericFeature, Schema, SchemaError, TaskSpec
+
+if TYPE_CHECKING:
+    import torch
+
+NUM_INT, NUM_CAT = 13, 26
+INT_COLUMNS = [f"I{i}" for i in range(1, NUM_INT + 1)]
+CAT_COLUMNS = [f"C{i}" for i in range(1, NUM_CAT + 1)]
+COLUMNS = ["label", *INT_COLUMNS, *CAT_COLUMNS]
+RELATIONS = ("related", "unrelated")
+LABELINGS = ("threshold", "bernoulli")
+#: [A] the DNN of A.1.1 step 1 (MODELS.md: 400-400-400, emb 16, 1 epoch, Adam 1e-3); early stopping on validation
+DNN_DEFAULTS: dict[str, Any] = {
+    "hidden": (400, 400, 400),
+    "embedding_dim": 16,
+    "epochs": 1,
+    "batch_size": 1024,
+    "lr": 1e-3,
+    "seed": 0,
+    "patience": 1,
+}
+
+
+# ---- the transforms of A.1.1 -----------------------------------------------------------------------------------
+def related_latent(c: np.ndarray, noise_std: float = 0.1, rng: np.random.Generator | None = None) -> np.ndarray:
+    """``y_r = sign(c)·(2 ln(1+|c|) + 0.1 e^{|c|}) + ε`` (A.1.1 step 2, the G.7 grouping)."""
+    a = np.abs(c)
+    y = np.sign(c) * (2.0 * np.log1p(a) + 0.1 * np.exp(a))
+    return y + _noise(y.shape, noise_std, rng)
+
+
+def unrelated_latent(c: np.ndarray, noise_std: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
+    """``y_ur = sign(c)·(2 sin|c| + 0.1 cos|c|)`` (A.1.1 step 3; the paper writes no noise term)."""
+    a = np.abs(c)
+    y = np.sign(c) * (2.0 * np.sin(a) + 0.1 * np.cos(a))
+    return y + _noise(y.shape, noise_std, rng)
+
+
+def _noise(shape: tuple[int, ...], std: float, rng: np.random.Generator | None) -> np.ndarray:
+    if std <= 0:
+        return np.zeros(shape)
+    return (rng or np.random.default_rng(0)).normal(0.0, std, shape)
+
+
+def two_task_labels(
+    c: np.ndarray,
+    relation: str = "related",
+    *,
+    noise_std: float = 0.1,
+    ur_noise_std: float = 0.0,
+    labeling: str = "threshold",
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """The latent ``y`` of task 2 and the 0/1 labels of both tasks from the base confidence ``c`` (A.1.1 steps 3-4).
+
+    Returns ``{"y": y, "task1": l1, "task2": l2}`` (labels int8). ``labeling``: ``threshold`` (``1[c>0]``,
+    ``1[y>0]``) or ``bernoulli`` (``Bernoulli(σ(c))``, ``Bernoulli(σ(y))``)."""
+    if relation not in RELATIONS:
+        raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
+    if labeling not in LABELINGS:
+        raise ValueError(f"labeling must be one of {LABELINGS}, got {labeling!r}")
+    rng = np.random.default_rng(seed)
+    c = np.asarray(c, dtype=np.float64)
+    y = related_latent(c, noise_std, rng) if relation == "related" else unrelated_latent(c, ur_noise_std, rng)
+    if labeling == "threshold":
+        l1, l2 = c > 0, y > 0
+    else:
+        l1 = rng.random(c.shape) < _sigmoid(c)
+        l2 = rng.random(c.shape) < _sigmoid(y)
+    return {"y": y, "task1": l1.astype(np.int8), "task2": l2.astype(np.int8)}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def label_report(c: np.ndarray, y: np.ndarray, task1: np.ndarray, task2: np.ndarray) -> dict[str, float]:
+    """What A.1.1 step 4 asks to log: Pearson(c, y) of the latents (the paper's "correlation coefficient"),
+    the label agreement rate, the Pearson correlation of the two label vectors and the positive rates."""
+    return {
+        "pearson_c_y": _pearson(c, y),
+        "label_agreement": float(np.mean(task1 == task2)),
+        "label_pearson": _pearson(task1, task2),
+        "positive_rate_task1": float(np.mean(task1)),
+        "positive_rate_task2": float(np.mean(task2)),
+        "c_mean": float(np.mean(c)),
+        "c_std": float(np.std(c)),
+    }
+
+
+def calibrate_confidence(
+    raw: np.ndarray, train_rows: np.ndarray, c_loc: float | None = -1.1, c_scale: float = 1.0
+) -> np.ndarray:
+    """``c_loc + c_scale·(raw − mean)/std`` with the moments of the training rows; ``c_loc=None`` keeps ``raw``."""
+    raw = np.asarray(raw, np.float64)
+    if c_loc is None:
+        return raw
+    ref = raw[train_rows]
+    std = ref.std()
+    z = (raw - ref.mean()) / (std if std > 0 else 1.0)
+    return c_loc + c_scale * z
+
+
+# ---- the Criteo-shaped generator --------------------------------------------------------------------------------
+def _zipf_probs(size: int, exponent: float) -> np.ndarray:
+    p = 1.0 / np.arange(1, size + 1, dtype=np.float64) ** exponent
+    return p / p.sum()
+
+
+def _missing_rates(rng: np.random.Generator, k: int) -> np.ndarray:
+    """Most Criteo columns are dense; about a third miss 5-45 % of their values."""
+    return np.where(rng.random(k) < 0.65, 0.0, rng.uniform(0.05, 0.45, k))
+
+
+def criteo_like_synthetic(
+    rows: int = 200_000,
+    seed: int = 0,
+    *,
+    noise: float = 0.0,
+    max_vocab: int = 20_000,
+    num_linear: int = 16,
+    num_pairs: int = 10,
+    c_loc: float = -1.1,
+    c_scale: float = 1.0,
+) -> tuple[pa.Table, np.ndarray]:
+    """A Criteo-shaped table (``label, I1..I13, C1..C26``) and its KNOWN base confidence ``c`` (float64, ``(rows,)``).
+
+    Each field ``j`` has a latent value ``u_j`` per row: for an integer column ``u ~ N(0, 1)``, observed as the count
+    ``floor(exp(μ_j + s_j u))``; for a categorical column the latent ``w_j[v] ~ N(0, 1)`` of its value ``v``, drawn
+    from a Zipf-skewed vocabulary of log-uniform size in ``[3, max_vocab]`` and written as an 8-hex-digit hash.
+    Missing values (empty, like Criteo) contribute ``u = 0``. ``f = Σ_{j∈L} a_j u_j + Σ_{(j,k)∈P} b_jk u_j u_k``
+    on a random sparse set of ``num_linear`` fields and ``num_pairs`` field pairs; ``c = c_loc + c_scale·z`` with
+    ``z = √(1−noise)·Φ⁻¹(rank(f)) + √noise·N(0, 1)`` (``noise``: the share of c's variance no model can see;
+    0 = c is a function of the observed fields, as a DNN logit is). ``label`` is a click ``~ Bernoulli(σ(c))``.
+    """
+    if rows < 1:
+        raise ValueError(f"rows must be positive, got {rows}")
+    if not 0.0 <= noise <= 1.0:
+        raise ValueError(f"noise must be in [0, 1], got {noise}")
+    rng = np.random.default_rng(seed)
+    n_fields = NUM_INT + NUM_CAT
+    latent = np.zeros((rows, n_fields))
+    cols: dict[str, pa.Array] = {}
+
+    int_miss = _missing_rates(rng, NUM_INT)
+    mu, s = rng.uniform(0.0, 4.0, NUM_INT), rng.uniform(0.5, 1.5, NUM_INT)
+    z = rng.standard_normal((rows, NUM_INT))
+    missing = rng.random((rows, NUM_INT)) < int_miss
+    counts = np.floor(np.exp(mu + s * z)).astype(np.int64)
+    latent[:, :NUM_INT] = np.where(missing, 0.0, z)
+    for j, name in enumerate(INT_COLUMNS):
+        cols[name] = pa.array(counts[:, j], type=pa.int64(), mask=missing[:, j])
+
+    cat_miss = _missing_rates(rng, NUM_CAT)
+    sizes = np.exp(rng.uniform(math.log(3), math.log(max_vocab), NUM_CAT)).astype(np.int64)
+    exponents = rng.uniform(1.05, 1.6, NUM_CAT)
+    for j, name in enumerate(CAT_COLUMNS):
+        v = rng.choice(sizes[j], size=rows, p=_zipf_probs(int(sizes[j]), exponents[j]))
+        w = rng.standard_normal(sizes[j])
+        miss = rng.random(rows) < cat_miss[j]
+        latent[:, NUM_INT + j] = np.where(miss, 0.0, w[v])
+        words = np.char.mod("%08x", rng.choice(2**32, size=sizes[j], replace=False))
+        cols[name] = pa.DictionaryArray.from_arrays(
+            pa.array(v.astype(np.int32), mask=miss), pa.array(words.astype(object), pa.string())
+        ).cast(pa.string())
+
+    lin = rng.choice(n_fields, size=min(num_linear, n_fields), replace=False)
+    pairs = np.array([rng.choice(n_fields, 2, replace=False) for _ in range(num_pairs)]).reshape(-1, 2)
+    f = latent[:, lin] @ rng.standard_normal(len(lin))
+    if len(pairs):
+        f = f + (latent[:, pairs[:, 0]] * latent[:, pairs[:, 1]]) @ rng.standard_normal(len(pairs))
+    # rank-Gaussian: a monotone map of f (so c stays a function of the fields) with an exact N(0, 1) marginal;
+    # the heavy tails of the pairwise products would otherwise dominate e^{|c|} in y_r
+    zf = ndtri((np.argsort(np.argsort(f, kind="stable"), kind="stable") + 0.5) / rows)
+    zc = math.sqrt(1.0 - noise) * zf + math.sqrt(noise) * rng.standard_normal(rows)
+    c = c_loc + c_scale * zc
+    click = (rng.random(rows) < _sigmoid(c)).astype(np.int64)
+    table = pa.table({"label": pa.array(click), **cols})
+    return table, c
+
+
+# ---- the Criteo file format -------------------------------------------------------------------------------------
+def read_criteo(path: str | Path, max_rows: int | None = None) -> pa.Table:
+    """Read a Criteo-format file (tab- or comma-separated, with or without the ``label,I1..,C1..`` header,
+    optionally gzipped) into a table with columns ``label, I1..I13, C1..C26``; ``max_rows`` keeps the first rows."""
+    import gzip
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"criteo: {path} not found; download train.txt of the Criteo display-ads challenge "
+            "(https://www.kaggle.com/c/criteo-display-ad-challenge) and pass its path"
+        )
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+        first = fh.readline().rstrip("\r\n")
+    sep = "\t" if "\t" in first else ","
+    fields = first.split(sep)
+    if len(fields) != len(COLUMNS):
+        raise SchemaError(
+            f"criteo: {path} has {len(fields)} {'tab' if sep == chr(9) else 'comma'}-separated fields; "
+            f"expected {len(COLUMNS)} (label, 13 integer and 26 categorical columns)"
+        )
+    has_header = fields[0].strip().lower() == "label"
+    table = read_table(
+        path,
+        separator=sep,
+        column_names=None if has_header else COLUMNS,
+        string_columns=CAT_COLUMNS,
+    )
+    if has_header and table.column_names != COLUMNS:
+        raise SchemaError(f"criteo: {path} header {table.column_names[:5]}... is not label, I1..I13, C1..C26")
+    return table.slice(0, max_rows) if max_rows else table
+
+
+def criteo_schema(
+    tasks: list[TaskSpec], *, min_count: int = 1, hash_buckets: int | None = None, numeric_transform: str = "log"
+) -> Schema:
+    """13 numeric (``log`` of the counts, then standardised: the usual Criteo treatment) and 26 categorical fields."""
+    feats: list[Any] = [NumericFeature(c, transform=numeric_transform) for c in INT_COLUMNS]
+    feats += [CategoricalFeature(c, min_count=min_count, hash_buckets=hash_buckets) for c in CAT_COLUMNS]
+    return Schema(features=feats, tasks=tasks)
+
+
+def _split_tables(table: pa.Table, parts: list[np.ndarray]) -> dict[str, pa.Table]:
+    return {k: table.take(p) for k, p in zip(("train", "valid", "test"), parts, strict=True)}
+
+
+# ---- step 1: the DNN base confidence ----------------------------------------------------------------------------
+def predict_logits(model: torch.nn.Module, data: Any, task: str, batch_size: int = 8192) -> np.ndarray:
+    """The pre-sigmoid logit of ``task`` for every row of an encoded split, in row order."""
+    import torch
+
+    from mtlrec.data.batches import BatchIterator
+
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for batch in BatchIterator(data, batch_size).epoch(0):
+                out.append(model(batch).logits[task].double().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def dnn_confidence(
+    table: pa.Table,
+    parts: list[np.ndarray],
+    *,
+    min_count: int = 1,
+    hash_buckets: int | None = None,
+    **dnn: Any,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A.1.1 step 1: train the registered ``dnn`` on the click ``label`` (train split, early stopping on the
+    validation AUC) and return its raw logit for every row of ``table`` plus a record of the fit."""
+    from mtlrec.experiment import seed_everything
+    from mtlrec.models.registry import create_model
+    from mtlrec.train.trainer import TrainConfig, Trainer, evaluate
+
+    unknown = set(dnn) - set(DNN_DEFAULTS) - {"threads"}
+    if unknown:
+        raise TypeError(f"dnn_confidence does not take {sorted(unknown)}; it takes {sorted(DNN_DEFAULTS)}")
+    cfg = {**DNN_DEFAULTS, **dnn}
+    schema = criteo_schema([TaskSpec("click", label="label")], min_count=min_count, hash_buckets=hash_buckets)
+    bundle = encode_tables("criteo_click", schema, _split_tables(table, parts), {})
+    seed_everything(cfg["seed"])
+    model = create_model(
+        "dnn", bundle, dnn_hidden=tuple(cfg["hidden"]), embedding_dim=cfg["embedding_dim"], tower_hidden=()
+    )
+    train = TrainConfig(
+        epochs=cfg["epochs"],
+        batch_size=cfg["batch_size"],
+        lr=cfg["lr"],
+        seed=cfg["seed"],
+        monitor="click.auc",
+        patience=cfg["patience"],
+        progress=False,
+        threads=cfg.get("threads"),
+    )
+    trainer = Trainer(model, train)
+    fit = trainer.fit(bundle.train, bundle.valid)
+    trainer.load_best()
+    raw = np.zeros(table.num_rows)
+    for name, rows in zip(("train", "valid", "test"), parts, strict=True):
+        raw[rows] = predict_logits(model, bundle.splits[name], "click")
+    info = {
+        "model": "dnn",
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+        "best_epoch": fit.best_epoch,
+        "valid_click": evaluate(model, bundle.valid)["click"],
+    }
+    return raw, info
+
+
+# ---- registered data sets ---------------------------------------------------------------------------------------
+@register_dataset(
+    "criteo_like",
+    description="Criteo-shaped synthetic clicks (13 integer + 26 Zipf-skewed categorical fields) with a known "
+    "base confidence c; one task, click ~ Bernoulli(sigmoid(c))",
+    source="generated",
+)
+def load_criteo_like(**params: Any) -> DataBundle:
+    """The generator's table with its click label as the one task ``click``; ``params``: those of
+    :func:`base_confidence` without ``path`` (``rows, seed, noise, max_vocab, c_loc, c_scale, split, split_seed``)."""
+    base = base_confidence(None, **params)
+    meta = {**base.meta, "click_rate": float(np.mean(base.table["label"].to_numpy()))}
+    schema = criteo_schema([TaskSpec("click", label="label")])
+    return encode_tables("criteo_like", schema, _split_tables(base.table, base.parts), meta)
+
+
+@dataclass
+class BaseConfidence:
+    """The inputs of Criteo-R/UR and their base confidence: ``table`` (``label, I1..I13, C1..C26``), ``c`` per row,
+    the 8:1:1 split ``parts`` (row indices of train, valid, test) and a record of how ``c`` was made."""
+
+    table: pa.Table
+    c: np.ndarray
+    parts: list[np.ndarray]
+    meta: dict[str, Any]
+
+
+def base_confidence(
+    path: str | Path | None = None,
+    *,
+    rows: int = 200_000,
+    seed: int = 0,
+    noise: float = 0.0,
+    max_vocab: int = 20_000,
+    c_loc: float | None = -1.1,
+    c_scale: float = 1.0,
+    max_rows: int | None = None,
+    min_count: int = 1,
+    hash_buckets: int | None = None,
+    dnn: dict[str, Any] | None = None,
+    split: tuple = (0.8, 0.1, 0.1),
+    split_seed: int | None = None,
+) -> BaseConfidence:
+    """A.1.1 steps 1-2 and 5. Without ``path``: :func:`criteo_like_synthetic` (``rows``, ``seed``, ``noise``,
+    ``max_vocab``) with its known ``c``; with ``path``: a Criteo-format file (``max_rows`` first rows) and ``c`` from
+    :func:`dnn_confidence` (``dnn`` overrides :data:`DNN_DEFAULTS`) mapped by :func:`calibrate_confidence`."""
+    split_seed = seed if split_seed is None else split_seed
+    meta: dict[str, Any] = {"seed": seed, "c_loc": c_loc, "c_scale": c_scale}
+    meta["split"] = {"fractions": list(split), "split_seed": split_seed}
+    if path is None:
+        # the generator's c is already rank-Gaussian and mapped; c_loc=None means no shift (standard scale)
+        loc = 0.0 if c_loc is None else c_loc
+        table, c = criteo_like_synthetic(rows, seed, noise=noise, max_vocab=max_vocab, c_loc=loc, c_scale=c_scale)
+        parts = random_split(table.num_rows, tuple(split), split_seed)
+        meta |= {"confidence": "known", "generator": "criteo_like_synthetic", "total_rows": rows, "noise": noise}
+        meta["max_vocab"] = max_vocab
+    else:
+        table = read_criteo(path, max_rows)
+        parts = random_split(table.num_rows, tuple(split), split_seed)
+        raw, info = dnn_confidence(table, parts, min_count=min_count, hash_buckets=hash_buckets, **(dnn or {}))
+        c = calibrate_confidence(raw, parts[0], c_loc, c_scale)
+        meta |= {"confidence": "dnn", "source": str(path), "total_rows": table.num_rows, "dnn": info}
+    return BaseConfidence(table, c, parts, meta)
+
+
+def build_criteo_ru(
+    base: BaseConfidence,
+    relation: str = "related",
+    *,
+    noise_std: float = 0.1,
+    ur_noise_std: float = 0.0,
+    labeling: str = "threshold",
+    label_seed: int = 1,
+    min_count: int = 1,
+    hash_buckets: int | None = None,
+) -> DataBundle:
+    """A.1.1 steps 3-5 on a base confidence: tasks ``task1`` and ``task2``, encoded on the recorded split;
+    ``meta["labels"]`` holds the measured correlations and label agreement (:func:`label_report`, all rows)."""
+    lab = two_task_labels(
+        base.c, relation, noise_std=noise_std, ur_noise_std=ur_noise_std, labeling=labeling, seed=label_seed
+    )
+    meta = {
+        **base.meta,
+        "relation": relation,
+        "noise_std": noise_std,
+        "ur_noise_std": ur_noise_std,
+        "labeling": labeling,
+        "label_seed": label_seed,
+        "labels": label_report(base.c, lab["y"], lab["task1"], lab["task2"]),
+    }
+    table = base.table.append_column("task1", pa.array(lab["task1"])).append_column("task2", pa.array(lab["task2"]))
+    schema = criteo_schema([TaskSpec("task1"), TaskSpec("task2")], min_count=min_count, hash_buckets=hash_buckets)
+    name = "criteo_r" if relation == "related" else "criteo_ur"
+    return encode_tables(name, schema, _split_tables(table, base.parts), meta)
+
+
+@register_dataset(
+    "criteo_ru",
+    description="DEPHN Criteo-R / Criteo-UR (A.1.1): task1 = 1[c>0], task2 from the related or unrelated "
+    "transform of the base confidence c (a DNN logit on a Criteo file, or known c of the Criteo-shaped generator)",
+    source="generated (criteo_like) or a Criteo-format file passed as path (train.txt, tab-separated)",
+)
+def load_criteo_ru(
+    relation: str = "related",
+    path: str | Path | None = None,
+    *,
+    noise_std: float = 0.1,
+    ur_noise_std: float = 0.0,
+    labeling: str = "threshold",
+    **base: Any,
+) -> DataBundle:
+    """Criteo-R (``relation="related"``) or Criteo-UR (``"unrelated"``): :func:`base_confidence` (``base``: its
+    ``rows, seed, noise, max_vocab, c_loc, c_scale, max_rows, min_count, hash_buckets, dnn, split, split_seed``)
+    then :func:`build_criteo_ru` (label noise drawn with seed ``seed + 1``)."""
+    if relation not in RELATIONS:
+        raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
+    enc = {k: base[k] for k in ("min_count", "hash_buckets") if k in base}
+    labels = {"noise_std": noise_std, "ur_noise_std": ur_noise_std, "labeling": labeling}
+    return build_criteo_ru(base_confidence(path, **base), relation, **labels, label_seed=base.get("seed", 0) + 1, **enc)
