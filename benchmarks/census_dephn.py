@@ -45,13 +45,13 @@ from census_income import (  # noqa: E402
     paired_rows,
     paired_table,
     registry_name,
+    row_train,
     run_fields,
     run_info,
-    run_jobs,
     run_line,
     run_plan,
 )
-from common import ROOT, base_parser, command_line, write_results  # noqa: E402
+from common import ROOT, base_parser, command_line, run_jobs, write_results  # noqa: E402
 
 from mtlrec.experiment import markdown_table, summarize  # noqa: E402
 
@@ -190,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     # seed-major, then group: an interrupted run still has every model in every group with its first seeds
-    jobs = [(g, name, model_params(cfg, name), train_raw[g], seed) for seed in seeds for g in groups for name in models]
+    jobs = [
+        (g, name, model_params(cfg, name), row_train(cfg, name, train_raw[g]), seed)
+        for seed in seeds
+        for g in groups
+        for name in models
+    ]
     runs: list[dict[str, Any]] = []
     init_args = (args.threads, args.data_dir, data_params, quick_rows)
     for row in run_jobs(jobs, args.jobs, init_args, fn=_run_in_group, init=_init_groups):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, base_parser, command_line, display_path, parse_models, write_results  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    add_parallel_options,
+    base_parser,
+    command_line,
+    display_path,
+    parse_models,
+    run_jobs,
+    write_results,
+)
 
 import mtlrec  # noqa: E402
 from mtlrec import metrics as M  # noqa: E402
@@ -50,15 +58,33 @@ def load_bench_config(path: str | Path) -> dict[str, Any]:
     return cfg
 
 
+def row_entry(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """The ``models[name]`` entry of a row name. An entry may name its registry model as ``model:`` (variants of
+    one model under distinct row names); when that model is itself a row (``mmoe+uncertainty: {model: mmoe}``),
+    the entry is laid over that row's entry, so a variant inherits the row's sizes (also from a ``base:`` file)."""
+    entry = copy.deepcopy(cfg["models"].get(name) or {})
+    model = entry.get("model", name)
+    if model != name:
+        entry = {**copy.deepcopy(cfg["models"].get(model) or {}), **entry}
+    return entry
+
+
 def model_params(cfg: dict[str, Any], name: str) -> dict[str, Any]:
-    """``model_defaults`` updated by the ``models[name]`` entry; an entry may name its registry model as ``model:``
-    (variants of one model under distinct row names)."""
-    return {**copy.deepcopy(cfg["model_defaults"]), **copy.deepcopy(cfg["models"].get(name) or {})}
+    """``model_defaults`` updated by the row's entry (:func:`row_entry`), less its ``train:`` overrides."""
+    entry = row_entry(cfg, name)
+    entry.pop("train", None)
+    return {**copy.deepcopy(cfg["model_defaults"]), **entry}
+
+
+def row_train(cfg: dict[str, Any], name: str, train_raw: dict[str, Any]) -> dict[str, Any]:
+    """The train settings of one row: the run's ``train_raw`` updated by the entry's ``train:`` mapping (e.g.
+    ``train: {weighting: uncertainty}``; applied after the quick overrides and any epoch cap)."""
+    return {**train_raw, **(row_entry(cfg, name).get("train") or {})}
 
 
 def registry_name(cfg: dict[str, Any], name: str) -> str:
     """The registry model a row name runs: its entry's ``model:``, else the name itself."""
-    return (cfg["models"].get(name) or {}).get("model", name)
+    return row_entry(cfg, name).get("model", name)
 
 
 _WORKER: dict[str, Any] = {}
@@ -70,29 +96,16 @@ def _init_worker(threads: int, data_dir: str, data_params: dict[str, Any], quick
     _WORKER["bundle"] = quick_subset(bundle, quick_rows) if quick_rows else bundle
 
 
-def _run(job: tuple[str, dict[str, Any], dict[str, Any], int]) -> dict[str, Any]:
+def _run(job: tuple[str, dict[str, Any], dict[str, Any], int], out_dir: Path | None = None) -> dict[str, Any]:
     """One validation-selected run of ``job = (row name, params, train settings, seed)``; a ``model`` key in the
-    params names the registry model (the row keeps the row name as ``model``)."""
+    params names the registry model (the row keeps the row name as ``model``). ``out_dir``: keep the run folder
+    (checkpoints, :func:`mtlrec.experiment.load_run`)."""
     name, params, train_raw, seed = job
     params = dict(params)
     registry = params.pop("model", name)
-    row = run_one(_WORKER["bundle"], registry, params, train_config(train_raw, seed), None)
+    row = run_one(_WORKER["bundle"], registry, params, train_config(train_raw, seed), out_dir)
     row.update(model=name, registry_model=registry)
     return row
-
-
-def run_jobs(jobs: list, n_jobs: int, init_args: tuple, fn=_run, init=_init_worker):
-    """Yield ``fn(job)`` for each job, in order: in this process (already initialised by the caller) when
-    ``n_jobs`` is 1, else in ``n_jobs`` forked workers each initialised by ``init(*init_args)``."""
-    if n_jobs <= 1:
-        yield from map(fn, jobs)
-        return
-    pool = multiprocessing.get_context("fork").Pool(n_jobs, init, init_args)
-    try:
-        yield from pool.imap(fn, jobs)
-    finally:
-        pool.close()
-        pool.join()
 
 
 def run_line(row: dict[str, Any], main_task: str) -> str:
@@ -106,10 +119,13 @@ def run_line(row: dict[str, Any], main_task: str) -> str:
 
 
 def run_info(cfg: dict[str, Any], runs: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    """Params, best epochs (1-based), epochs run, mean train seconds and size of one row name's runs."""
+    """Params (and train overrides), best epochs (1-based), epochs run, mean train seconds and size of one row
+    name's runs."""
     mine = [r for r in runs if r["model"] == name]
+    overrides = row_entry(cfg, name).get("train")
     return {
         "params": model_params(cfg, name),
+        **({"train_overrides": overrides} if overrides else {}),
         "best_epochs": [r["best_epoch"] + 1 for r in mine],
         "epochs_run": [r["epochs_run"] for r in mine],
         "train_seconds_mean": float(np.mean([r["train_seconds"] for r in mine])),
@@ -195,19 +211,37 @@ def run_fields(
     }
 
 
-def report(runs, *, complete, args, bundle, models, missing, data_params, train_raw, main_task, t_start, cfg):
-    """Summarise the finished runs, write the JSON (``complete`` false while runs remain) and, when complete,
-    print the tables."""
+def report(
+    runs,
+    *,
+    complete,
+    args,
+    bundle,
+    models,
+    missing,
+    data_params,
+    train_raw,
+    main_task,
+    t_start,
+    cfg,
+    name=NAME,
+    reference="single_task",
+    extra=None,
+):
+    """Summarise the finished runs, write the JSON of benchmark ``name`` (``complete`` false while runs remain;
+    ``extra``: more JSON fields) and, when complete, print the tables. Each model is paired with ``reference`` over
+    seeds: the MTL gain (PLE §5) for ``single_task``, else the plain difference ``model − reference``."""
     test = [s for s in summarize(runs, "test") if s["metric"] == "auc"]
     valid = [s for s in summarize(runs, "valid") if s["metric"] == "auc"]
-    gains = paired_rows(test)
+    gain = reference == "single_task"
+    gains = paired_rows(test, reference, gain=gain)
     tasks = [t.name for t in bundle.tasks]
     wall = time.perf_counter() - t_start
 
     models = [m for m in models if any(r["model"] == m for r in runs)]
-    per_model = {name: run_info(cfg, runs, name) for name in models}
+    per_model = {m: run_info(cfg, runs, m) for m in models}
     out = write_results(
-        NAME,
+        name,
         command_line(),
         test + valid + gains,
         args.quick,
@@ -220,11 +254,13 @@ def report(runs, *, complete, args, bundle, models, missing, data_params, train_
                 "main_task": main_task,
                 "split_seed": args.split_seed,
                 "selection": f"early stopping and best epoch on validation {main_task} AUC only",
+                "reference": reference,
                 "rows": {k: len(getattr(bundle, k)) for k in ("train", "valid", "test")},
                 "data_params": {k: v for k, v in data_params.items() if k != "data_dir"},
             },
             "models": per_model,
             **run_fields(args, train_raw, missing, len(runs), wall, complete),
+            **(extra or {}),
         },
     )
     if not complete:
@@ -232,8 +268,9 @@ def report(runs, *, complete, args, bundle, models, missing, data_params, train_
     print("\nTest AUC, mean ± std over seeds (validation-selected; test evaluated once per run):\n")
     print(markdown_table(test))
     if gains:
-        print("\nMTL gain (PLE §5) of mean test AUC over single_task; p: paired t-test over seeds:\n")
-        print(paired_table(gains, tasks))
+        what = "MTL gain (PLE §5) of mean test AUC over single_task" if gain else f"Test AUC − {reference}"
+        print(f"\n{what}; p: paired t-test over seeds:\n")
+        print(paired_table(gains, tasks, "AUC gain vs single_task" if gain else f"AUC − {reference}"))
     print(f"\nwall time {wall / 60:.1f} min, {args.jobs} job(s) × {args.threads} thread(s)")
     return out
 
@@ -242,13 +279,7 @@ def add_run_options(p: argparse.ArgumentParser, default_config: Path) -> None:
     """The census benchmarks' options beyond the BENCHMARKS.md contract: split seed, config, threads, jobs."""
     p.add_argument("--split-seed", type=int, default=0, help="seed of the fixed valid/test split (default 0)")
     p.add_argument("--config", default=str(default_config), help="hyper-parameters (YAML)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        help="runs in parallel processes (default 1; use --jobs 2 --threads 1 to spend 2 cores on two runs at once)",
-    )
+    add_parallel_options(p)
 
 
 def run_plan(args: argparse.Namespace, default_models: list[str]):
@@ -269,15 +300,12 @@ def run_plan(args: argparse.Namespace, default_models: list[str]):
     return cfg, models, missing, seeds, quick_rows, train_raw
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = base_parser(NAME, __doc__.splitlines()[0], default_models=",".join(DEFAULT_MODELS))
-    p.add_argument("--group", type=int, default=1, choices=(1, 2), help="MMoE task group (default 1)")
-    add_run_options(p, DEFAULT_CONFIG)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def prepare(args: argparse.Namespace, default_models: list[str]) -> tuple[dict[str, Any], list[int], int | None]:
+    """Plan a single-group census benchmark (:func:`run_plan`, group ``args.group``), load its bundle in this
+    process and print what will run; returns :func:`report`'s keyword arguments, the seeds and the quick subset
+    size."""
     t_start = time.perf_counter()
-
-    cfg, models, missing, seeds, quick_rows, train_raw = run_plan(args, DEFAULT_MODELS)
+    cfg, models, missing, seeds, quick_rows, train_raw = run_plan(args, default_models)
     data_params = {**cfg["data"], "group": args.group, "split_seed": args.split_seed}
     _init_worker(args.threads, args.data_dir, data_params, quick_rows)
     bundle = _WORKER["bundle"]
@@ -288,12 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(bundle.test):,} rows; split seed {args.split_seed}; seeds {seeds}; models {', '.join(models)}"
         + ("  [QUICK: training subset, fewer epochs/seeds; not comparable to the full run]" if args.quick else "")
     )
-
-    # seed-major order: an interrupted run still has every model with its first seeds (the JSON is rewritten,
-    # marked "complete": false, after every run)
-    jobs = [(name, model_params(cfg, name), train_raw, seed) for seed in seeds for name in models]
-    results = run_jobs(jobs, args.jobs, (args.threads, args.data_dir, data_params, quick_rows))
-    ctx_args = dict(
+    ctx = dict(
         args=args,
         bundle=bundle,
         models=models,
@@ -304,14 +327,36 @@ def main(argv: list[str] | None = None) -> int:
         t_start=t_start,
         cfg=cfg,
     )
-    runs: list[dict[str, Any]] = []
-    for row in results:
-        runs.append(row)
-        print(run_line(row, main_task), flush=True)
-        report(runs, complete=False, **ctx_args)
+    return ctx, seeds, quick_rows
 
-    out = report(runs, complete=True, **ctx_args)
-    print(f"wrote {out}")
+
+def execute(jobs: list, ctx: dict[str, Any], quick_rows: int | None, fn=_run, on_row=None, **report_kw) -> Path:
+    """Run the jobs (``args.jobs`` processes, :func:`run_jobs`), printing each finished run and rewriting the JSON
+    after it (``complete: false``); ``on_row(row)`` sees every row first. Returns the final JSON's path."""
+    args = ctx["args"]
+    init_args = (args.threads, args.data_dir, ctx["data_params"], quick_rows)
+    runs: list[dict[str, Any]] = []
+    for row in run_jobs(jobs, args.jobs, init_args, fn, _init_worker):
+        if on_row:
+            on_row(row)
+        runs.append(row)
+        print(run_line(row, ctx["main_task"]), flush=True)
+        report(runs, complete=False, **ctx, **report_kw)
+    return report(runs, complete=True, **ctx, **report_kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_parser(NAME, __doc__.splitlines()[0], default_models=",".join(DEFAULT_MODELS))
+    p.add_argument("--group", type=int, default=1, choices=(1, 2), help="MMoE task group (default 1)")
+    add_run_options(p, DEFAULT_CONFIG)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    ctx, seeds, quick_rows = prepare(args, DEFAULT_MODELS)
+    cfg, train_raw = ctx["cfg"], ctx["train_raw"]
+    # seed-major order: an interrupted run still has every model with its first seeds (the JSON is rewritten,
+    # marked "complete": false, after every run)
+    jobs = [(m, model_params(cfg, m), row_train(cfg, m, train_raw), seed) for seed in seeds for m in ctx["models"]]
+    print(f"wrote {execute(jobs, ctx, quick_rows)}")
     return 0
 
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import multiprocessing
 import os
 import platform
 import resource
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +241,28 @@ def parse_models(spec: str | None, default: Sequence[str]) -> list[str]:
     if not spec:
         return list(default)
     return [m.strip() for m in spec.split(",") if m.strip()]
+
+
+def add_parallel_options(p: argparse.ArgumentParser) -> None:
+    """``--threads`` (torch threads per run) and ``--jobs`` (runs in parallel processes, :func:`run_jobs`)."""
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs in parallel processes (default 1; use --jobs 2 --threads 1 to spend 2 cores on two runs at once)",
+    )
+
+
+def run_jobs(jobs: list, n_jobs: int, init_args: tuple, fn: Callable, init: Callable) -> Iterator[Any]:
+    """Yield ``fn(job)`` for each job, in order: in this process (already initialised by the caller) when
+    ``n_jobs`` is 1, else in ``n_jobs`` forked workers each initialised by ``init(*init_args)``."""
+    if n_jobs <= 1:
+        yield from map(fn, jobs)
+        return
+    pool = multiprocessing.get_context("fork").Pool(n_jobs, init, init_args)
+    try:
+        yield from pool.imap(fn, jobs)
+    finally:
+        pool.close()
+        pool.join()

@@ -41,8 +41,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from census_income import paired_rows, run_jobs  # noqa: E402
-from common import base_parser, command_line, markdown_table, parse_models, write_results  # noqa: E402
+from census_income import paired_rows  # noqa: E402
+from common import (  # noqa: E402
+    add_parallel_options,
+    base_parser,
+    command_line,
+    markdown_table,
+    parse_models,
+    run_jobs,
+    write_results,
+)
 
 from mtlrec.data.datasets.criteo import RELATIONS, base_confidence, build_criteo_ru  # noqa: E402
 from mtlrec.experiment import run_one, summarize, train_config  # noqa: E402
@@ -238,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-rows", type=int, default=None, help="with --criteo-file: read only the first rows")
     p.add_argument("--min-count", type=int, default=1, help="with --criteo-file: rarer values become OOV")
     p.add_argument("--criteo-sample", action="store_true", help="format check on the Criteo sample; no training")
-    p.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
+    add_parallel_options(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.criteo_sample:

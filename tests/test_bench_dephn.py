@@ -3,50 +3,33 @@ runs on the Census-Income sample; the paired-difference rows it reports."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-import mtlrec
-from mtlrec.data.batches import BatchIterator
 from mtlrec.experiment import train_config
-from mtlrec.models.registry import create_model
+from tests.census_bench import (
+    benchmark,
+    check_inherits_census_income,
+    check_rows_run_on_sample,
+    model_params,
+    paired_rows,
+)
 from tests.conftest import needs_shared_data
-from tests.test_census import load_sample
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import census_dephn as bench  # noqa: E402
-from census_income import load_bench_config, model_params, paired_rows, registry_name  # noqa: E402
+bench = benchmark("census_dephn")
 
 
 def test_config_inherits_census_income_and_names_registered_models():
-    cfg = load_bench_config(bench.DEFAULT_CONFIG)
-    base = load_bench_config(ROOT / "configs" / "census_income.yaml")
-    assert cfg["train"] == base["train"] and cfg["model_defaults"] == base["model_defaults"]
-    assert cfg["quick"] == base["quick"] and cfg["data"] == base["data"]
+    cfg = check_inherits_census_income(bench.DEFAULT_CONFIG, bench.DEFAULT_MODELS)
     train_config(cfg["train"], 0)
-    registered = set(mtlrec.list_models())
-    for name in bench.DEFAULT_MODELS:
-        assert name in cfg["models"], name
-        assert registry_name(cfg, name) in registered, name
-    assert model_params(cfg, "mmoe") == model_params(base, "mmoe")
     assert model_params(cfg, "dephn-no_vg")["use_vg"] is False
     assert model_params(cfg, "mt_phn[d_pri_cf_pub]")["setting"] == "D_pri,C&F_pub"
 
 
 @needs_shared_data("samples/census-income.sample")
 def test_every_default_row_builds_and_runs_on_the_census_sample(tmp_path: Path):
-    bundle = load_sample(tmp_path)
-    batch = next(iter(BatchIterator(bundle.train, 32)))
-    cfg = load_bench_config(bench.DEFAULT_CONFIG)
-    for name in bench.DEFAULT_MODELS:
-        params = model_params(cfg, name)
-        model = create_model(params.pop("model", name), bundle.layout, bundle.tasks, **params)
-        out = model(batch)
-        assert set(out.logits) == {"income", "marital"}, name
+    check_rows_run_on_sample(tmp_path, bench.DEFAULT_CONFIG, bench.DEFAULT_MODELS)
 
 
 def test_paired_rows_gain_and_plain_difference():
