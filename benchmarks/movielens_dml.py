@@ -8,8 +8,11 @@ test evaluated once at the selected epoch. The +CTFM/+GKD runs of a seed start f
 the plain run of that seed (the plug-in is built after the model), and each variant is compared with its plain
 backbone by a paired t-test over seeds (``mtlrec.metrics.paired_test``).
 
-    python benchmarks/movielens_dml.py --seeds 5
+    python benchmarks/movielens_dml.py --seeds 5 [--jobs 2 --threads 1]
     python benchmarks/movielens_dml.py --quick          # 10k ratings, 2 seeds, 1 epoch: exercises everything
+
+``--jobs N`` trains N runs at once in forked processes (each with ``--threads`` torch threads); the results, their
+order and the tables are those of a sequential run.
 
 The shared folder holds the first 487,650 ratings (users 1-2,999); with the full ratings.dat the script uses it.
 """
@@ -19,12 +22,21 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import base_parser, command_line, markdown_table, parse_models, write_results  # noqa: E402
+from common import (  # noqa: E402
+    add_parallel_options,
+    base_parser,
+    command_line,
+    markdown_table,
+    parse_models,
+    run_jobs,
+    write_results,
+)
 
 from mtlrec.data.datasets import load_dataset  # noqa: E402
 from mtlrec.experiment import run_one  # noqa: E402
@@ -51,11 +63,24 @@ def model_params(model: str, variant: str) -> dict:
     return params
 
 
+_WORKER: dict[str, Any] = {}
+
+
+def _run(job: tuple[str, str, int, int]) -> dict[str, Any]:
+    """One validation-selected run of ``job = (model, variant, seed, epochs)`` on the bundle of this process (the
+    parent's, inherited by forked workers): its test metrics, selected epoch and wall seconds."""
+    model, variant, seed, epochs = job
+    cfg = TrainConfig(epochs=epochs, batch_size=512, lr=1e-3, seed=seed, patience=3, progress=False)
+    t0 = time.perf_counter()
+    row = run_one(_WORKER["bundle"], model, model_params(model, variant), cfg, None)
+    return {"test": row["test"], "best_epoch": row["best_epoch"], "seconds": time.perf_counter() - t0}
+
+
 def main() -> None:
     p = base_parser(NAME, __doc__.split("\n")[0], default_models=",".join(MODELS))
     p.add_argument("--variants", default=",".join(VARIANTS), help="plain,ctfm,ctfm_no_sg,gkd,dml")
     p.add_argument("--epochs", type=int, default=None, help="max epochs (default 20; quick 1)")
-    p.add_argument("--threads", type=int, default=2)
+    add_parallel_options(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     models = parse_models(args.models, MODELS)
@@ -68,25 +93,23 @@ def main() -> None:
     data_params = {"data_dir": args.data_dir, "split_seed": 0}
     if args.quick:
         data_params["max_ratings"] = QUICK_RATINGS
-    bundle = load_dataset("movielens_1m", **data_params)
+    bundle = _WORKER["bundle"] = load_dataset("movielens_1m", **data_params)
     print(f"data: {bundle.summary()['rows']} (ratings file {bundle.meta['source']['ratings']})", flush=True)
 
     scores: dict[tuple[str, str, str], list[float]] = {}
     seconds: dict[tuple[str, str], list[float]] = {}
-    for model in models:
-        for variant in variants:
-            for seed in seeds:
-                cfg = TrainConfig(epochs=epochs, batch_size=512, lr=1e-3, seed=seed, patience=3, progress=False)
-                t0 = time.perf_counter()
-                row = run_one(bundle, model, model_params(model, variant), cfg, None)
-                seconds.setdefault((model, variant), []).append(time.perf_counter() - t0)
-                for task, metric in METRICS.items():
-                    scores.setdefault((model, variant, task), []).append(row["test"][task][metric])
-                print(
-                    f"{model:14s} {variant:10s} seed {seed}: like AUC {row['test']['like']['auc']:.4f}, "
-                    f"rating MSE {row['test']['rating']['mse']:.4f} (best epoch {row['best_epoch']})",
-                    flush=True,
-                )
+    jobs = [(model, variant, seed, epochs) for model in models for variant in variants for seed in seeds]
+    for (model, variant, seed, _), row in zip(
+        jobs, run_jobs(jobs, args.jobs, (args.threads,), _run, torch.set_num_threads), strict=True
+    ):
+        seconds.setdefault((model, variant), []).append(row["seconds"])
+        for task, metric in METRICS.items():
+            scores.setdefault((model, variant, task), []).append(row["test"][task][metric])
+        print(
+            f"{model:14s} {variant:10s} seed {seed}: like AUC {row['test']['like']['auc']:.4f}, "
+            f"rating MSE {row['test']['rating']['mse']:.4f} (best epoch {row['best_epoch']})",
+            flush=True,
+        )
 
     rows = []
     for (model, variant, task), values in scores.items():
@@ -126,9 +149,11 @@ def main() -> None:
             "rows": bundle.summary()["rows"],
             "params": {m: model_params(m, "dml") for m in models},
             "train": {"epochs": epochs, "batch_size": 512, "lr": 1e-3, "patience": 3, "monitor": "like.auc"},
-        }
+        },
+        "parallel": {"jobs": args.jobs, "threads_per_job": args.threads},
     }
-    out = write_results(NAME, command_line(), rows, args.quick, args.out, threads=args.threads, extra=extra)
+    threads = args.threads * args.jobs
+    out = write_results(NAME, command_line(), rows, args.quick, args.out, threads=threads, extra=extra)
     print(f"\nwrote {out}")
 
 
