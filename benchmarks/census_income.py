@@ -276,7 +276,9 @@ def report(
 
 
 def add_run_options(p: argparse.ArgumentParser, default_config: Path) -> None:
-    """The census benchmarks' options beyond the BENCHMARKS.md contract: split seed, config, threads, jobs."""
+    """The census benchmarks' options beyond the BENCHMARKS.md contract: split seed, config, threads, jobs, and an
+    epoch cap (for budget-limited runs; the cap is recorded in the JSON's train settings)."""
+    p.add_argument("--epochs", type=int, default=None, help="cap on training epochs (default: the config's)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the fixed valid/test split (default 0)")
     p.add_argument("--config", default=str(default_config), help="hyper-parameters (YAML)")
     add_parallel_options(p)
@@ -297,6 +299,8 @@ def run_plan(args: argparse.Namespace, default_models: list[str]):
     seeds = list(range(int(quick_cfg.get("seeds", 1)) if args.quick else args.seeds))
     quick_rows = int(quick_cfg.get("train_rows", 40_000)) if args.quick else None
     train_raw = {**cfg["train"], **(quick_cfg.get("train") or {} if args.quick else {}), "progress": False}
+    if args.epochs:
+        train_raw["epochs"] = min(args.epochs, train_raw.get("epochs", args.epochs))
     return cfg, models, missing, seeds, quick_rows, train_raw
 
 
