@@ -25,36 +25,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from mtlrec.train.precision import bf16_supported, cpu_flags  # noqa: F401  (re-exported to the scripts)
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-
-#: CPU flags worth recording: they decide which precisions and kernels are fast.
-INTERESTING_FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512bw",
-    "avx512vl",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_bf16",
-    "amx_tile",
-    "amx_int8",
-)
-
-
-def cpu_flags() -> list[str]:
-    """The CPU flags (from ``/proc/cpuinfo``) among :data:`INTERESTING_FLAGS`; empty where unreadable."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            have = set(line.split(":", 1)[1].split())
-            return [f for f in INTERESTING_FLAGS if f in have]
-    return []
 
 
 def cpu_name() -> str:
@@ -65,12 +39,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def bf16_supported() -> bool:
-    """True when the CPU has native bf16 arithmetic (avx512_bf16 or AMX), the condition for offering bf16."""
-    flags = set(cpu_flags())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:

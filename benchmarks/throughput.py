@@ -135,7 +135,7 @@ def bench_infer(name: str, data, precision: str, args) -> dict[str, Any]:
     import torch
 
     from mtlrec.data.batches import BatchIterator
-    from mtlrec.train.trainer import autocast
+    from mtlrec.train.precision import autocast
 
     model = build_model(name, data, args.numeric_mode)
     model.eval()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from mtlrec.experiment import seed_everything
@@ -64,3 +65,15 @@ def test_masked_task_metrics_use_sample_space(tiny_bundle):
     model = _make(tiny_bundle)
     scores = evaluate(model, tiny_bundle.valid)
     assert set(scores) == {"click", "purchase"} and "auc" in scores["purchase"]
+
+
+def test_precision_is_checked(monkeypatch):
+    from mtlrec.train import precision
+
+    with pytest.raises(ValueError, match="precision must be one of"):
+        precision.check_precision("fp16")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: ["avx2", "fma"])
+    with pytest.warns(RuntimeWarning, match="emulated"):
+        precision.check_precision("bf16")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: ["avx512_bf16"])
+    assert precision.check_precision("bf16") == "bf16"

@@ -3,7 +3,6 @@ validation-only early stopping, atomic best/last checkpoints, exact resume, prog
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -21,6 +20,7 @@ from mtlrec.data.preprocess import EncodedData
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.train import checkpoint as ckpt
 from mtlrec.train.optim import build_optimizers
+from mtlrec.train.precision import autocast, check_precision
 from mtlrec.train.weighting import WeightingStrategy, create_weighting
 
 
@@ -93,14 +93,6 @@ def predict(
     return {t: np.concatenate(v) if v else np.zeros(0, np.float32) for t, v in chunks.items()}
 
 
-def autocast(precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-
-
 def resolve_monitor(model: MultiTaskModel, monitor: str | None) -> tuple[str, str, bool]:
     """``(task or 'mean', metric, higher_is_better)`` for a monitor string."""
     if monitor is None:
@@ -140,6 +132,7 @@ class Trainer:
     ) -> None:
         self.model = model
         self.cfg = config
+        check_precision(config.precision)
         self.out_dir = Path(out_dir) if out_dir else None
         if config.threads:
             torch.set_num_threads(config.threads)
