@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -340,4 +341,8 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    # redirected to a file or pipe, a redraw every 0.1 s fills the log: redraw every 30 s instead
+    interval = 0.1 if sys.stderr.isatty() else 30.0
+    return tqdm(
+        total=total, initial=initial, desc=desc, unit="batch", leave=False, dynamic_ncols=True, mininterval=interval
+    )
