@@ -77,9 +77,10 @@ def evaluate(
 
 @torch.no_grad()
 def predict(
-    model: MultiTaskModel, data: EncodedData, batch_size: int = 8192, precision: str = "fp32"
+    model: MultiTaskModel, data: EncodedData, batch_size: int = 8192, precision: str = "fp32", logits: bool = False
 ) -> dict[str, np.ndarray]:
-    """Scores for every row: probabilities (binary tasks) or values (regression tasks)."""
+    """Scores for every row, in row order: probabilities (binary tasks) or values (regression tasks); with
+    ``logits`` the heads' raw outputs (pre-sigmoid for binary tasks)."""
     was_training = model.training
     model.eval()
     chunks: dict[str, list[np.ndarray]] = {t: [] for t in model.task_names}
@@ -87,7 +88,7 @@ def predict(
         for batch in BatchIterator(data, batch_size).epoch(0):
             with autocast(precision):
                 out = model(batch)
-            for t, v in model.predict_proba(out).items():
+            for t, v in (out.logits if logits else model.predict_proba(out)).items():
                 chunks[t].append(v.float().numpy())
     finally:
         model.train(was_training)

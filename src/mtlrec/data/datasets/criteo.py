@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,9 +42,6 @@ from mtlrec.data.datasets import register_dataset
 from mtlrec.data.readers import read_table
 from mtlrec.data.splits import random_split
 from mtlrec.schema import CategoricalFeature, NumericFeature, Schema, SchemaError, TaskSpec
-
-if TYPE_CHECKING:
-    import torch
 
 NUM_INT, NUM_CAT = 13, 26
 INT_COLUMNS = [f"I{i}" for i in range(1, NUM_INT + 1)]
@@ -277,24 +274,6 @@ def _split_tables(table: pa.Table, parts: list[np.ndarray]) -> dict[str, pa.Tabl
 
 
 # ---- step 1: the DNN base confidence ----------------------------------------------------------------------------
-def predict_logits(model: torch.nn.Module, data: Any, task: str, batch_size: int = 8192) -> np.ndarray:
-    """The pre-sigmoid logit of ``task`` for every row of an encoded split, in row order."""
-    import torch
-
-    from mtlrec.data.batches import BatchIterator
-
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        with torch.no_grad():
-            for batch in BatchIterator(data, batch_size).epoch(0):
-                out.append(model(batch).logits[task].double().numpy())
-    finally:
-        model.train(was_training)
-    return np.concatenate(out) if out else np.zeros(0)
-
-
 def dnn_confidence(
     table: pa.Table,
     parts: list[np.ndarray],
@@ -307,7 +286,7 @@ def dnn_confidence(
     validation AUC) and return its raw logit for every row of ``table`` plus a record of the fit."""
     from mtlrec.experiment import seed_everything
     from mtlrec.models.registry import create_model
-    from mtlrec.train.trainer import TrainConfig, Trainer, evaluate
+    from mtlrec.train.trainer import TrainConfig, Trainer, evaluate, predict
 
     unknown = set(dnn) - set(DNN_DEFAULTS) - {"threads"}
     if unknown:
@@ -334,7 +313,7 @@ def dnn_confidence(
     trainer.load_best()
     raw = np.zeros(table.num_rows)
     for name, rows in zip(("train", "valid", "test"), parts, strict=True):
-        raw[rows] = predict_logits(model, bundle.splits[name], "click")
+        raw[rows] = predict(model, bundle.splits[name], logits=True)["click"]
     info = {
         "model": "dnn",
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
