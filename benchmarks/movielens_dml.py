@@ -12,7 +12,9 @@ backbone by a paired t-test over seeds (``mtlrec.metrics.paired_test``).
     python benchmarks/movielens_dml.py --quick          # 10k ratings, 2 seeds, 1 epoch: exercises everything
 
 ``--jobs N`` trains N runs at once in forked processes (each with ``--threads`` torch threads); the results, their
-order and the tables are those of a sequential run.
+order and the tables are those of a sequential run. ``--epochs N`` caps the epochs (recorded in the JSON) for
+budget-limited runs. Runs go seed-major and the JSON is rewritten after every run (``complete: false`` until the
+last), with every run's valid/test metrics, selected epoch and seconds under ``runs``.
 
 The shared folder holds the first 487,650 ratings (users 1-2,999); with the full ratings.dat the script uses it.
 """
@@ -68,12 +70,57 @@ _WORKER: dict[str, Any] = {}
 
 def _run(job: tuple[str, str, int, int]) -> dict[str, Any]:
     """One validation-selected run of ``job = (model, variant, seed, epochs)`` on the bundle of this process (the
-    parent's, inherited by forked workers): its test metrics, selected epoch and wall seconds."""
+    parent's, inherited by forked workers): its valid and test metrics, selected epoch, epochs run and wall seconds."""
     model, variant, seed, epochs = job
     cfg = TrainConfig(epochs=epochs, batch_size=512, lr=1e-3, seed=seed, patience=3, progress=False)
     t0 = time.perf_counter()
     row = run_one(_WORKER["bundle"], model, model_params(model, variant), cfg, None)
-    return {"test": row["test"], "best_epoch": row["best_epoch"], "seconds": time.perf_counter() - t0}
+    return {
+        "model": model,
+        "variant": variant,
+        "seed": seed,
+        "valid": row["valid"],
+        "test": row["test"],
+        "best_epoch": row["best_epoch"],
+        "epochs_run": row["epochs_run"],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std of the test metric per (model, variant, task) over the finished seeds, each variant paired with
+    its plain backbone over the seeds both have finished."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["model"], run["variant"]), []).append(run)
+    rows = []
+    for (model, variant), group in groups.items():
+        for task, metric in METRICS.items():
+            values = [r["test"][task][metric] for r in group]
+            t = torch.tensor(values, dtype=torch.float64)
+            row = {
+                "model": model,
+                "variant": variant,
+                "task": task,
+                "metric": metric,
+                "split": "test",
+                "mean": float(t.mean()),
+                "std": float(t.std()) if len(values) > 1 else 0.0,
+                "values": values,
+                "seeds": [r["seed"] for r in group],
+                "best_epochs": [r["best_epoch"] for r in group],
+                "train_seconds_mean": sum(r["seconds"] for r in group) / len(group),
+            }
+            plain = {r["seed"]: r["test"][task][metric] for r in groups.get((model, "plain"), [])}
+            common = [r["seed"] for r in group if r["seed"] in plain]
+            if variant != "plain" and len(common) > 1:
+                by_seed = {r["seed"]: r["test"][task][metric] for r in group}
+                test = paired_test([by_seed[s] for s in common], [plain[s] for s in common])
+                row["diff_vs_plain"] = test["mean_diff"]
+                row["p_value_vs_plain"] = test["p_value"]
+            rows.append(row)
+    order = {(m, v): i for i, (m, v) in enumerate((m, v) for m in MODELS for v in VARIANTS + ["ctfm_no_sg"])}
+    return sorted(rows, key=lambda r: (order.get((r["model"], r["variant"]), 99), r["task"]))
 
 
 def main() -> None:
@@ -96,52 +143,6 @@ def main() -> None:
     bundle = _WORKER["bundle"] = load_dataset("movielens_1m", **data_params)
     print(f"data: {bundle.summary()['rows']} (ratings file {bundle.meta['source']['ratings']})", flush=True)
 
-    scores: dict[tuple[str, str, str], list[float]] = {}
-    seconds: dict[tuple[str, str], list[float]] = {}
-    jobs = [(model, variant, seed, epochs) for model in models for variant in variants for seed in seeds]
-    for (model, variant, seed, _), row in zip(
-        jobs, run_jobs(jobs, args.jobs, (args.threads,), _run, torch.set_num_threads), strict=True
-    ):
-        seconds.setdefault((model, variant), []).append(row["seconds"])
-        for task, metric in METRICS.items():
-            scores.setdefault((model, variant, task), []).append(row["test"][task][metric])
-        print(
-            f"{model:14s} {variant:10s} seed {seed}: like AUC {row['test']['like']['auc']:.4f}, "
-            f"rating MSE {row['test']['rating']['mse']:.4f} (best epoch {row['best_epoch']})",
-            flush=True,
-        )
-
-    rows = []
-    for (model, variant, task), values in scores.items():
-        t = torch.tensor(values, dtype=torch.float64)
-        r = {
-            "model": model,
-            "variant": variant,
-            "task": task,
-            "metric": METRICS[task],
-            "split": "test",
-            "mean": float(t.mean()),
-            "std": float(t.std()) if len(values) > 1 else 0.0,
-            "values": values,
-            "seeds": seeds,
-            "train_seconds_mean": sum(seconds[(model, variant)]) / len(seeds),
-        }
-        if variant != "plain":
-            test = paired_test(values, scores[(model, "plain", task)])
-            r["diff_vs_plain"] = test["mean_diff"]
-            r["p_value_vs_plain"] = test["p_value"]
-        rows.append(r)
-    title = "MovieLens-1M, DML variants" + (
-        f" (QUICK: {QUICK_RATINGS:,} ratings, {epochs} epoch(s); no quality claim)" if args.quick else ""
-    )
-    print(f"\n### {title}\n")
-    print(
-        markdown_table(
-            rows,
-            ["model", "variant", "task", "metric", "mean", "std", "diff_vs_plain", "p_value_vs_plain"],
-            headers=["model", "variant", "task", "metric", "mean", "std", "Δ vs plain", "p (paired t)"],
-        )
-    )
     extra = {
         "protocol": {
             "data": {k: v for k, v in data_params.items() if k != "data_dir"},
@@ -149,12 +150,47 @@ def main() -> None:
             "rows": bundle.summary()["rows"],
             "params": {m: model_params(m, "dml") for m in models},
             "train": {"epochs": epochs, "batch_size": 512, "lr": 1e-3, "patience": 3, "monitor": "like.auc"},
+            "selection": "early stopping and best epoch on validation like AUC only; test evaluated once per run",
         },
         "parallel": {"jobs": args.jobs, "threads_per_job": args.threads},
     }
     threads = args.threads * args.jobs
-    out = write_results(NAME, command_line(), rows, args.quick, args.out, threads=threads, extra=extra)
-    print(f"\nwrote {out}")
+    t_start = time.perf_counter()
+
+    def write(runs: list[dict[str, Any]], complete: bool) -> Path:
+        fields = {**extra, "complete": complete, "runs": runs, "wall_minutes": (time.perf_counter() - t_start) / 60}
+        return write_results(
+            NAME, command_line(), summary_rows(runs), args.quick, args.out, threads=threads, extra=fields
+        )
+
+    # seed-major order, JSON rewritten after every run ("complete": false until the end): an interrupted run keeps
+    # every (model, variant) with its first seeds
+    jobs = [(model, variant, seed, epochs) for seed in seeds for model in models for variant in variants]
+    runs: list[dict[str, Any]] = []
+    for row in run_jobs(jobs, args.jobs, (args.threads,), _run, torch.set_num_threads):
+        runs.append(row)
+        print(
+            f"{row['model']:14s} {row['variant']:10s} seed {row['seed']}: like AUC {row['test']['like']['auc']:.4f}, "
+            f"rating MSE {row['test']['rating']['mse']:.4f} (best epoch {row['best_epoch']} of "
+            f"{row['epochs_run']}, {row['seconds']:.0f} s)",
+            flush=True,
+        )
+        write(runs, complete=False)
+    out = write(runs, complete=True)
+
+    title = "MovieLens-1M, DML variants" + (
+        f" (QUICK: {QUICK_RATINGS:,} ratings, {epochs} epoch(s); no quality claim)" if args.quick else ""
+    )
+    print(f"\n### {title}\n")
+    print(
+        markdown_table(
+            summary_rows(runs),
+            ["model", "variant", "task", "metric", "mean", "std", "diff_vs_plain", "p_value_vs_plain"],
+            headers=["model", "variant", "task", "metric", "mean", "std", "Δ vs plain", "p (paired t)"],
+        )
+    )
+    print(f"\nwall time {(time.perf_counter() - t_start) / 60:.1f} min, {args.jobs} job(s) × {args.threads} thread(s)")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
