@@ -55,6 +55,7 @@ BACKBONE = {
     "ple": {"num_shared_experts": 1, "num_specific_experts": 1, "num_levels": 2, "expert_hidden": [256, 128]},
 }
 METRICS = {"like": "auc", "rating": "mse"}
+TRAIN = {"epochs": 20, "batch_size": 512, "lr": 1e-3, "patience": 3}  # --epochs overrides the cap
 QUICK_RATINGS = 10_000
 
 
@@ -72,7 +73,7 @@ def _run(job: tuple[str, str, int, int]) -> dict[str, Any]:
     """One validation-selected run of ``job = (model, variant, seed, epochs)`` on the bundle of this process (the
     parent's, inherited by forked workers): its valid and test metrics, selected epoch, epochs run and wall seconds."""
     model, variant, seed, epochs = job
-    cfg = TrainConfig(epochs=epochs, batch_size=512, lr=1e-3, seed=seed, patience=3, progress=False)
+    cfg = TrainConfig(**{**TRAIN, "epochs": epochs}, seed=seed, progress=False)
     t0 = time.perf_counter()
     row = run_one(_WORKER["bundle"], model, model_params(model, variant), cfg, None)
     return {
@@ -136,7 +137,7 @@ def main() -> None:
         variants.insert(0, "plain")
     n_seeds = min(args.seeds, 2) if args.quick else args.seeds
     seeds = list(range(n_seeds))
-    epochs = args.epochs or (1 if args.quick else 20)
+    epochs = args.epochs or (1 if args.quick else TRAIN["epochs"])
     data_params = {"data_dir": args.data_dir, "split_seed": 0}
     if args.quick:
         data_params["max_ratings"] = QUICK_RATINGS
@@ -149,7 +150,7 @@ def main() -> None:
             "ratings_file": bundle.meta["source"]["ratings"],
             "rows": bundle.summary()["rows"],
             "params": {m: model_params(m, "dml") for m in models},
-            "train": {"epochs": epochs, "batch_size": 512, "lr": 1e-3, "patience": 3, "monitor": "like.auc"},
+            "train": {**TRAIN, "epochs": epochs, "monitor": "like.auc"},
             "selection": "early stopping and best epoch on validation like AUC only; test evaluated once per run",
         },
         "parallel": {"jobs": args.jobs, "threads_per_job": args.threads},

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mtlrec.metrics import paired_test
-from tests.census_bench import benchmark
+from tests.census_bench import ROOT, benchmark
 
 bench = benchmark("movielens_dml")
 
@@ -58,3 +58,15 @@ def test_every_backbone_variant_names_its_plugin(model):
     assert "dml" not in bench.model_params(model, "plain")
     for variant in bench.VARIANTS[1:]:
         assert bench.model_params(model, variant)["dml"] == {"variant": variant}
+
+
+def test_the_cli_config_uses_the_benchmark_settings():
+    from mtlrec.experiment import load_config
+
+    cfg = load_config(ROOT / "configs" / "movielens_dml.yaml")
+    assert cfg["data"] == {"name": "movielens_1m", "params": {"split_seed": 0}}
+    for spec in cfg["models"]:
+        variant = spec.get("label", "mmoe+plain").split("+")[1]
+        params = {**cfg["model_defaults"], **spec["params"]}
+        assert params == bench.model_params(spec["name"], variant), spec
+    assert cfg["train"] == {**bench.TRAIN, "monitor": "like.auc"}

@@ -70,3 +70,36 @@ def test_predict_on_new_unlabeled_file(tmp_path):
     assert res.exit_code == 0, res.output
     scores = pq.read_table(out)
     assert scores.num_rows == 100 and scores.column_names == ["score_click", "score_purchase"]
+
+
+def test_plugins_sharing_baselines_and_weighting_from_a_config(tmp_path):
+    """Issue-4 pieces through the CLI: the DML plug-in as a model parameter, DTN / SNR / MSSM / Cross-Stitch rows,
+    and a weighting strategy set with --set (recorded in every run's run.json)."""
+    import pyarrow.parquet as pq
+
+    from .conftest import make_table, tiny_schema
+
+    pq.write_table(make_table(800), tmp_path / "train.parquet")
+    tiny_schema().save(tmp_path / "schema.yaml")
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(
+        f"data: {{name: files, params: {{schema: {tmp_path / 'schema.yaml'}, train: {tmp_path / 'train.parquet'},"
+        f" cache_dir: {tmp_path / 'cache'}}}}}\n"
+        "model_defaults: {embedding_dim: 4, tower_hidden: [8]}\n"
+        "models:\n"
+        "  - {name: mmoe, label: mmoe+dml, params: {num_experts: 2, expert_hidden: [8], dml: {variant: dml}}}\n"
+        "  - {name: dtn, params: {fi_dim: 8, masknet_agg_dim: 8, masknet_block_dim: 8, masknet_hidden: [8]}}\n"
+        "  - {name: snr_trans}\n"
+        "  - {name: mssm}\n"
+        "  - {name: cross_stitch, params: {column_hidden: [8]}}\n"
+        "train: {epochs: 1, batch_size: 128}\n"
+    )
+    out = tmp_path / "runs"
+    res = runner.invoke(app, ["train", str(cfg), "--out", str(out), "--quiet", "--set", "train.weighting=gradnorm"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in rows] == ["mmoe+dml", "dtn", "snr_trans", "mssm", "cross_stitch"]
+    for r in rows:
+        info = json.loads((out / r["label"] / "seed0" / "run.json").read_text())
+        assert info["train"]["weighting"] == "gradnorm", r["label"]
+    assert json.loads((out / "mmoe+dml" / "seed0" / "run.json").read_text())["params"]["dml"] == {"variant": "dml"}
