@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -42,21 +43,35 @@ def test_cli_lists_and_help():
     assert "census_income" in runner.invoke(app, ["datasets"]).output
 
 
-def test_predict_on_new_unlabeled_file(tmp_path):
-    import pyarrow.csv as pacsv
+def _files_experiment(tmp_path: Path, train, rest: str) -> Path:
+    """An experiment config on the ``files`` data set: ``train`` (a table of tests.conftest's tiny schema) written
+    as Parquet beside the schema, and ``rest`` (models, train, ...) appended; returns the config's path."""
     import pyarrow.parquet as pq
 
-    from .conftest import make_table, tiny_schema
+    from .conftest import tiny_schema
 
-    table = make_table(600)
-    pq.write_table(table.slice(0, 500), tmp_path / "train.parquet")
+    pq.write_table(train, tmp_path / "train.parquet")
     tiny_schema().save(tmp_path / "schema.yaml")
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(
         f"data: {{name: files, params: {{schema: {tmp_path / 'schema.yaml'}, train: {tmp_path / 'train.parquet'},"
-        f" cache_dir: {tmp_path / 'cache'}}}}}\n"
+        f" cache_dir: {tmp_path / 'cache'}}}}}\n" + rest
+    )
+    return cfg
+
+
+def test_predict_on_new_unlabeled_file(tmp_path):
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from .conftest import make_table
+
+    table = make_table(600)
+    cfg = _files_experiment(
+        tmp_path,
+        table.slice(0, 500),
         "models: [{name: mmoe, params: {num_experts: 2, expert_hidden: [8], embedding_dim: 4}}]\n"
-        "train: {epochs: 1, batch_size: 128}\n"
+        "train: {epochs: 1, batch_size: 128}\n",
     )
     res = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "runs"), "--quiet"])
     assert res.exit_code == 0, res.output
@@ -75,16 +90,11 @@ def test_predict_on_new_unlabeled_file(tmp_path):
 def test_plugins_sharing_baselines_and_weighting_from_a_config(tmp_path):
     """Issue-4 pieces through the CLI: the DML plug-in as a model parameter, DTN / SNR / MSSM / Cross-Stitch rows,
     and a weighting strategy set with --set (recorded in every run's run.json)."""
-    import pyarrow.parquet as pq
+    from .conftest import make_table
 
-    from .conftest import make_table, tiny_schema
-
-    pq.write_table(make_table(800), tmp_path / "train.parquet")
-    tiny_schema().save(tmp_path / "schema.yaml")
-    cfg = tmp_path / "exp.yaml"
-    cfg.write_text(
-        f"data: {{name: files, params: {{schema: {tmp_path / 'schema.yaml'}, train: {tmp_path / 'train.parquet'},"
-        f" cache_dir: {tmp_path / 'cache'}}}}}\n"
+    cfg = _files_experiment(
+        tmp_path,
+        make_table(800),
         "model_defaults: {embedding_dim: 4, tower_hidden: [8]}\n"
         "models:\n"
         "  - {name: mmoe, label: mmoe+dml, params: {num_experts: 2, expert_hidden: [8], dml: {variant: dml}}}\n"
@@ -92,7 +102,7 @@ def test_plugins_sharing_baselines_and_weighting_from_a_config(tmp_path):
         "  - {name: snr_trans}\n"
         "  - {name: mssm}\n"
         "  - {name: cross_stitch, params: {column_hidden: [8]}}\n"
-        "train: {epochs: 1, batch_size: 128}\n"
+        "train: {epochs: 1, batch_size: 128}\n",
     )
     out = tmp_path / "runs"
     res = runner.invoke(app, ["train", str(cfg), "--out", str(out), "--quiet", "--set", "train.weighting=gradnorm"])

@@ -251,8 +251,10 @@ class Trainer:
                     if bar is not None:
                         bar.update(1)
                         if self.state["batch"] % 10 == 0:
-                            bar.set_postfix(
-                                loss=f"{loss_sum / loss_n:.4f}", samples_s=f"{seen / (time.perf_counter() - t0):,.0f}"
+                            bar.set_postfix(  # shown at the next redraw, which mininterval paces
+                                loss=f"{loss_sum / loss_n:.4f}",
+                                samples_s=f"{seen / (time.perf_counter() - t0):,.0f}",
+                                refresh=False,
                             )
                     if cfg.checkpoint_every and self.state["step"] % cfg.checkpoint_every == 0:
                         self.save_last()
