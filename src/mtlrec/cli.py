@@ -165,9 +165,9 @@ def _round(d: dict) -> dict:
     return {t: {m: round(v, 4) for m, v in ms.items()} for t, ms in d.items()}
 
 
-from mtlrec.explain.cli import register as _register_explain  # noqa: E402
+from mtlrec.commands import register_all  # noqa: E402
 
-_register_explain(app)
+register_all(app)
 
 
 def main() -> None:

@@ -30,3 +30,14 @@ def unknown_name(what: str, value: str, allowed: Iterable[str], where: str = "")
     prefix = f"{where}: " if where else ""
     shown = ", ".join(allowed) if len(allowed) <= 40 else ", ".join(allowed[:40]) + ", …"
     return UserError(f"{prefix}unknown {what} {value!r}{did_you_mean(value, allowed)}; expected one of: {shown}")
+
+
+class NonFiniteLoss(UserError):
+    """Training produced a NaN/inf loss; the message names the likely cause (an input column, the lr)."""
+
+
+class RunInterrupted(Exception):
+    """Training was interrupted (Ctrl-C / SIGTERM) after the last checkpoint was written; the message says where
+    the run stopped and the command that resumes it. The CLI prints it on one line and exits with status 130."""
+
+    exit_code = 130
