@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from mtlrec.data.batches import BatchIterator
-from mtlrec.experiment import seed_everything
+from mtlrec.seeding import seed_everything
 from mtlrec.models.registry import create_model, list_models
 from mtlrec.train.trainer import TrainConfig, Trainer, evaluate
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from mtlrec.cli import app
 from mtlrec.data.batches import BatchIterator
-from mtlrec.experiment import seed_everything
+from mtlrec.seeding import seed_everything
 from mtlrec.models.dephn import SoftSelectionGating, ValueGate
 from mtlrec.models.registry import create_model
 from mtlrec.train.trainer import TrainConfig, Trainer, evaluate

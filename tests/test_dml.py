@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mtlrec.data.batches import BatchIterator
-from mtlrec.experiment import seed_everything
+from mtlrec.seeding import seed_everything
 from mtlrec.models.registry import create_model, list_models
 from mtlrec.plugins.dml import CTFM, GKD, VARIANTS, resolve_config
 from mtlrec.train.trainer import TrainConfig, Trainer, evaluate

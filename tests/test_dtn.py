@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mtlrec.data.batches import BatchIterator
-from mtlrec.experiment import seed_everything
+from mtlrec.seeding import seed_everything
 from mtlrec.models.dtn import parse_tsn, topological_order
 from mtlrec.models.registry import create_model
 from mtlrec.train.trainer import TrainConfig, Trainer, evaluate

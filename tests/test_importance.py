@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 
 from mtlrec.data.bundle import encode_tables
-from mtlrec.experiment import seed_everything
+from mtlrec.seeding import seed_everything
 from mtlrec.explain.importance import (
     divergence,
     importance_table,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from mtlrec.data.batches import BatchIterator
-from mtlrec.experiment import seed_everything
+from mtlrec.seeding import seed_everything
 from mtlrec.models.aitm import AITAttention, calibrator_loss
 from mtlrec.models.base import masked_task_loss
 from mtlrec.models.esmm import ctcvr_bce, ctcvr_log_probs, log1mexp

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtlrec.data.batches import BatchIterator
-from mtlrec.experiment import seed_everything
+from mtlrec.seeding import seed_everything
 from mtlrec.models.registry import create_model
 from mtlrec.models.snr import HardConcreteGate, RoutedSubnetworks
 from mtlrec.train.trainer import TrainConfig, Trainer, evaluate

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mtlrec.data.batches import BatchIterator
-from mtlrec.experiment import seed_everything
+from mtlrec.seeding import seed_everything
 from mtlrec.layers.gates import Gate
 from mtlrec.models.registry import create_model
 from mtlrec.plugins.virtual_gradient import VARIANTS, scale_grad, task_relevance, vg_gamma

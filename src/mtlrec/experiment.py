@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
 
 from mtlrec.data.bundle import DataBundle
@@ -36,6 +34,7 @@ from mtlrec.data.datasets import load_dataset
 from mtlrec.data.layout import FeatureLayout
 from mtlrec.models.registry import create_model
 from mtlrec.schema import TaskSpec
+from mtlrec.seeding import seed_everything  # noqa: F401  (re-exported: mtlrec.experiment.seed_everything)
 from mtlrec.train.trainer import TrainConfig, Trainer, evaluate
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -50,12 +49,6 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "seeds": [0, 1],
     "out_dir": "runs/default",
 }
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def load_config(path: str | Path | None) -> dict[str, Any]:
