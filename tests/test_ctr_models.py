@@ -3,9 +3,10 @@ from __future__ import annotations
 import pytest
 
 from mtlrec.data.batches import BatchIterator
+from mtlrec.models.registry import create_model
 from mtlrec.seeding import seed_everything
-from mtlrec.models.registry import create_model, list_models
 from mtlrec.train.trainer import TrainConfig, Trainer, evaluate
+from tests.test_model_contract import assert_shapes_and_gradients
 
 SMALL = {"embedding_dim": 4}
 CTR = {
@@ -37,26 +38,8 @@ def build(name, bundle, **extra):
     return create_model(name, bundle, **{**SMALL, **CTR[name], **extra})
 
 
-def test_every_ctr_model_is_registered():
-    assert set(CTR) <= set(list_models("ctr"))
-
-
 def check_shapes_and_grads(model, bundle):
-    batch = next(iter(BatchIterator(bundle.train, 64)))
-    out = model(batch)
-    assert set(out.logits) == {"click", "purchase"}
-    assert all(v.shape == (64,) for v in out.logits.values())
-    model.task_losses(out, batch).sum().backward()
-    assert model.embedding.table.weight.grad is not None
-    for n, p in model.named_parameters():
-        if p.requires_grad:
-            assert p.grad is not None, n
-
-
-@pytest.mark.parametrize("name", sorted(CTR))
-def test_shapes_and_gradients(name, tiny_bundle):
-    seed_everything(0)
-    check_shapes_and_grads(build(name, tiny_bundle), tiny_bundle)
+    assert_shapes_and_gradients(model, next(iter(BatchIterator(bundle.train, 64))))
 
 
 @pytest.mark.parametrize(
@@ -102,19 +85,6 @@ def test_shared_parameters_exclude_tables(tiny_bundle):
     assert all(id(p) not in shared for net in model.nets for p in net.module.codebook.parameters())
     model = build("wide_deep", tiny_bundle)
     assert all(id(p) not in {id(q) for q in model.shared_parameters()} for p in model.wide.parameters())
-
-
-@pytest.mark.parametrize("name", sorted(CTR))
-def test_deterministic_under_seed(name, tiny_bundle):
-    outs = []
-    for _ in range(2):
-        seed_everything(7)
-        model = build(name, tiny_bundle)
-        Trainer(model, TrainConfig(epochs=1, batch_size=256, progress=False, seed=7)).fit(
-            tiny_bundle.train, tiny_bundle.valid
-        )
-        outs.append(evaluate(model, tiny_bundle.test))
-    assert outs[0] == outs[1]
 
 
 @pytest.mark.parametrize("name", sorted(CTR))

@@ -9,10 +9,12 @@ from typer.testing import CliRunner
 
 from mtlrec.cli import app
 from mtlrec.data.batches import BatchIterator
-from mtlrec.seeding import seed_everything
-from mtlrec.models.dephn import SoftSelectionGating, ValueGate
+from mtlrec.layers.gates import ValueGate
+from mtlrec.layers.selection import SoftSelectionGating
 from mtlrec.models.registry import create_model
+from mtlrec.seeding import seed_everything
 from mtlrec.train.trainer import TrainConfig, Trainer, evaluate
+from tests.test_model_contract import assert_shapes_and_gradients
 
 SMALL = {"embedding_dim": 4, "dnn_hidden": [16, 8], "cross_layers": 2, "fint_layers": 2}
 MOE = {**SMALL, "num_dnn_experts": 2}
@@ -36,27 +38,7 @@ def _batch(bundle, n=64):
 @pytest.mark.parametrize("name,params", CASES, ids=IDS)
 def test_shapes_and_gradients(name, params, tiny_bundle):
     seed_everything(0)
-    model = create_model(name, tiny_bundle, **params)
-    batch = _batch(tiny_bundle)
-    out = model(batch)
-    assert set(out.logits) == {"click", "purchase"} and all(v.shape == (64,) for v in out.logits.values())
-    model.task_losses(out, batch).sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None and "embedding" not in n]
-    assert not missing
-    assert model.embedding.table.weight.grad is not None
-
-
-@pytest.mark.parametrize("name", ["phn", "mt_phn", "dephn"])
-def test_deterministic_under_seed(name, tiny_bundle):
-    outs = []
-    for _ in range(2):
-        seed_everything(3)
-        model = create_model(name, tiny_bundle, **(SMALL if name == "phn" else MOE))
-        Trainer(model, TrainConfig(epochs=1, batch_size=256, progress=False, seed=3)).fit(
-            tiny_bundle.train, tiny_bundle.valid
-        )
-        outs.append(evaluate(model, tiny_bundle.test))
-    assert outs[0] == outs[1]
+    assert_shapes_and_gradients(create_model(name, tiny_bundle, **params), _batch(tiny_bundle))
 
 
 @pytest.mark.parametrize("name", ["phn", "mt_phn", "dephn"])

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from mtlrec.data.batches import BatchIterator
-from mtlrec.seeding import seed_everything
+from mtlrec.errors import UserError
 from mtlrec.models.registry import create_model, list_models
 from mtlrec.plugins.dml import CTFM, GKD, VARIANTS, resolve_config
+from mtlrec.seeding import seed_everything
 from mtlrec.train.trainer import TrainConfig, Trainer, evaluate
 
 SMALL = {"embedding_dim": 4, "tower_hidden": [8]}
@@ -43,9 +44,9 @@ def test_all_five_variants_and_switches():
     assert resolve_config("ctfm_no_sg")["ctfm_stop_gradient"] is False
     cfg = resolve_config({"ctfm": True, "gkd": True})
     assert cfg["ctfm_stop_gradient"] and cfg["gkd_stop_gradient"]
-    with pytest.raises(ValueError, match="unknown DML variant"):
+    with pytest.raises(UserError, match="dml.variant: unknown DML variant 'nope'"):
         resolve_config("nope")
-    with pytest.raises(TypeError, match="does not take"):
+    with pytest.raises(UserError, match="dml: unknown key 'bogus'"):
         resolve_config({"ctfm": True, "bogus": 1})
 
 

@@ -5,7 +5,6 @@ import pyarrow as pa
 import pytest
 
 from mtlrec.data.bundle import encode_tables
-from mtlrec.seeding import seed_everything
 from mtlrec.explain.importance import (
     divergence,
     importance_table,
@@ -16,6 +15,7 @@ from mtlrec.explain.importance import (
 )
 from mtlrec.models.registry import create_model
 from mtlrec.schema import CategoricalFeature
+from mtlrec.seeding import seed_everything
 from mtlrec.train.trainer import TrainConfig, Trainer
 from tests.conftest import make_table, tiny_schema
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from mtlrec.data.batches import BatchIterator
-from mtlrec.seeding import seed_everything
+from mtlrec.errors import UserError
 from mtlrec.layers.gates import Gate
 from mtlrec.models.registry import create_model
 from mtlrec.plugins.virtual_gradient import VARIANTS, scale_grad, task_relevance, vg_gamma
+from mtlrec.seeding import seed_everything
 
 SMALL = {"embedding_dim": 4, "tower_hidden": [8], "num_experts": 3, "expert_hidden": [8]}
 
@@ -35,7 +36,7 @@ def test_eq9_and_variant_ranges():
     # balance line: additive maps vanish on x + y = 1, multiplicative ones on x·y = 1/2
     assert vg_gamma(torch.tensor(0.3), torch.tensor(0.7), "add_sqrt") < 1e-3
     assert vg_gamma(torch.tensor(1.0), torch.tensor(0.5), "mul_abs") < 1e-6
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="add_tanh"):
         vg_gamma(x, y, "add_tanh")
 
 
@@ -135,9 +136,9 @@ def test_vg_inactive_in_eval_and_no_grad(tiny_bundle):
 
 
 def test_vg_spec_errors(tiny_bundle):
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="virtual_gradient.variant: unknown virtual-gradient variant 'nope'"):
         create_model("mmoe", tiny_bundle, **SMALL, virtual_gradient={"variant": "nope"})
-    with pytest.raises(TypeError):
+    with pytest.raises(UserError, match="virtual_gradient: unknown key 'varient' \\(did you mean 'variant'\\?\\)"):
         create_model("mmoe", tiny_bundle, **SMALL, virtual_gradient={"varient": "add_abs"})
 
 

@@ -48,12 +48,11 @@ def plot_ssg(ssg: dict[str, np.ndarray], path: str | Path, field_names: list[str
     for ax, (name, g) in zip(axes.flat, ssg.items(), strict=False):
         g = np.asarray(g)
         im = ax.imshow(g, vmin=0, vmax=1, cmap="magma", aspect="auto")
-        ax.set_title(f"SSG {name}")
-        ax.set_xlabel("embedding dim")
+        ax.set_title(f"SSG gate, {name}", fontsize=9)
+        ax.set_xlabel("embedding dimension")
+        ax.set_ylabel("field")
         if field_names and len(field_names) == g.shape[0]:
             ax.set_yticks(range(len(field_names)), field_names, fontsize=7)
-        else:
-            ax.set_ylabel("field")
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="G (weight of E_SA)")
     return _save(fig, path)
@@ -67,13 +66,16 @@ def plot_share(share: dict[str, dict[str, float]], path: str | Path) -> Path:
     ax.bar(tasks, pub, label="public")
     ax.bar(tasks, 1 - pub, bottom=pub, label="private")
     ax.set_ylim(0, 1)
+    ax.set_xlabel("task")
     ax.set_ylabel("share of |logit| before the sigmoid")
+    ax.set_title("public vs private part of the logit", fontsize=9)
     ax.legend(loc="upper right", fontsize=8)
     return _save(fig, path)
 
 
 def plot_gates(gates: dict[str, dict[str, Any]], path: str | Path) -> Path:
-    """Learned gate values per task: heat maps of (public expert × mapping), or bars for plain gates."""
+    """Learned gate values, one panel per gate (titled with its task and readable structure name): heat maps of
+    (public expert × mapping), or bars of the mean weight per expert for plain gates."""
     n = len(gates)
     fig, axes = plt.subplots(1, max(n, 1), figsize=(3.2 * max(n, 1), 3.0), squeeze=False, constrained_layout=True)
     every = np.concatenate([np.ravel(np.asarray(g["values"], dtype=float)) for g in gates.values()] or [np.zeros(1)])
@@ -85,7 +87,9 @@ def plot_gates(gates: dict[str, dict[str, Any]], path: str | Path) -> Path:
             ax.bar(range(len(flat)), flat)
             labels = g.get("experts") if vals.shape[1] == 1 else g.get("slots")
             if labels and len(labels) == len(flat):
-                ax.set_xticks(range(len(flat)), labels, rotation=45, fontsize=7)
+                ax.set_xticks(range(len(flat)), labels, rotation=45, ha="right", fontsize=7)
+            ax.set_xlabel(g.get("slot_label", "expert"))
+            ax.set_ylabel("mean gate weight")
         else:
             im = ax.imshow(vals, cmap="viridis", aspect="auto", vmin=lo, vmax=hi)
             if vals.size <= 64:
@@ -93,6 +97,8 @@ def plot_gates(gates: dict[str, dict[str, Any]], path: str | Path) -> Path:
                     ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=6, color="w")
             ax.set_yticks(range(vals.shape[0]), g.get("experts", list(range(vals.shape[0]))), fontsize=7)
             ax.set_xticks(range(vals.shape[1]), g.get("mappings", list(range(vals.shape[1]))), fontsize=7)
-            fig.colorbar(im, ax=ax, shrink=0.8)
+            ax.set_xlabel("mapping")
+            ax.set_ylabel("public expert")
+            fig.colorbar(im, ax=ax, shrink=0.8, label="gate value")
         ax.set_title(name, fontsize=9)
     return _save(fig, path)

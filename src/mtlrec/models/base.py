@@ -79,7 +79,14 @@ class MultiTaskModel(nn.Module):
     table); ``embedding_l2`` (L2 on the embedding rows a batch looks up, added as the aux loss ``embedding_l2``);
     ``numeric_mode``: ``embed`` (each numeric feature becomes a field ``x_j v_j``) or ``dense`` (numeric features
     are passed raw beside the flattened embeddings, as the MMoE synthetic experiment feeds ``x``).
+
+    ``no_grad_parameters``: glob patterns of parameter names that may legitimately get no gradient on a training
+    step (a sampled or gated-off part); the model contract test (tests/test_model_contract.py) exempts exactly those.
+    ``registry_name`` is set by :func:`~mtlrec.models.registry.register_model`.
     """
+
+    no_grad_parameters: tuple[str, ...] = ()
+    registry_name: str = ""
 
     def __init__(
         self,
@@ -118,6 +125,7 @@ class MultiTaskModel(nn.Module):
         self.towers = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         self.plugins = nn.ModuleList()
+        self.plugin_specs: dict[str, dict] = {}  # plug-in key → the spec it was attached with (set by the registry)
 
     # ---- building blocks for subclasses ---------------------------------------------------------------------
     def tower_sizes(self, task: str) -> list[int]:

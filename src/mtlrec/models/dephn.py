@@ -1,10 +1,11 @@
 """PHN, MT-PHN and DEPHN (MODELS.md Part A): parallel heterogeneous interaction networks with soft selection gating.
 
-* :class:`SoftSelectionGating` — SSG, DEPHN eq. (1): ``E_sg^m = G^m ⊙ E_SA + (1 − G^m) ⊙ E`` per structure ``m``.
+* SSG (:class:`~mtlrec.layers.selection.SoftSelectionGating`), DEPHN eq. (1): ``E_sg^m = G^m ⊙ E_SA + (1 − G^m) ⊙ E`` per structure ``m``.
 * ``phn`` — PHN (arXiv 2206.09184, A.2): Cross, FINT and DNN in parallel on their SSG outputs, trainable residual link.
 * ``mt_phn`` — MT-PHN (DEPHN §IV-B, A.4, Table I): MMoE whose experts are the heterogeneous PHN modules.
 * ``dephn`` — DEPHN (A.3): DNN public experts, Cross + FINT private experts per task, explicit mapping (RM/TM) of
-  public outputs, trainable value gates (TVG) with the virtual gradient (eqs. 8-9).
+  public outputs, trainable value gates (TVG, :class:`~mtlrec.layers.gates.ValueGate`) with the virtual gradient
+  (eqs. 8-9).
 
 Every model here ends in a linear head by default (``tower_hidden=()``), so the logit of task t is
 ``Σ_{k,p} G_kp^t W_kp^t·f_p(e_pub^k) + Σ_k' W_k'^t·e_pri^k' + b_t``: eqs. (4)-(5) with the public and private parts
@@ -22,16 +23,14 @@ from torch import nn
 
 from mtlrec.data.layout import FeatureLayout
 from mtlrec.layers.experts import BatchedExperts
-from mtlrec.layers.gates import Gate
-from mtlrec.layers.interactions.attention import FieldSelfAttention
+from mtlrec.layers.gates import Gate, ValueGate
 from mtlrec.layers.interactions.cross import CrossNetwork
 from mtlrec.layers.interactions.fint import FINT
 from mtlrec.layers.mlp import MLP
+from mtlrec.layers.selection import make_ssg
 from mtlrec.models.base import EmbeddedInputs, MultiTaskModel
 from mtlrec.models.registry import register_model
 from mtlrec.schema import TaskSpec
-
-STRUCTURES = ("cross", "fint", "dnn")
 
 # explicit mappings of a public expert's activations (A.3.3 [A]): RM = raw/Taylor terms, TM = Fourier terms
 MAPPINGS = {
@@ -42,66 +41,6 @@ MAPPINGS = {
     "sin2": lambda a: torch.sin(2 * a),
     "cos2": lambda a: torch.cos(2 * a),
 }
-
-
-# ---- soft selection gating -----------------------------------------------------------------------------------
-class SoftSelectionGating(nn.Module):
-    """SSG, DEPHN eq. (1): ``E_sg^m = G^m ⊙ E_SA + (1 − G^m) ⊙ E`` for each interaction structure ``m``.
-
-    ``E_SA = W_O ReLU([head_1 ‖ … ‖ head_h]) + E`` is one multi-head self-attention over the fields, shared by all
-    structures (A.3.1 [A]: AutoInt attention without its own residual, ``num_heads=2`` heads of width D, scores
-    scaled by 1/√D, ``W_O`` back to D, residual ``+E``; the spec's order "W_O, then ReLU" is swapped because the
-    attention module ends in its ReLU). Each structure has its own trainable ``G^m ∈ R^{F×D}`` ([A] shape).
-    ``parametrization`` [A]: ``sigmoid`` (default, ``G = σ(θ)``, θ = 0 so G = 0.5) or ``clamp`` (raw G initialised
-    to 0.5, clamped to [0, 1] in the forward). ``forward(E (B, F, D))`` returns one ``(B, F, D)`` per structure.
-    """
-
-    def __init__(
-        self,
-        num_fields: int,
-        dim: int,
-        structures: Sequence[str] = STRUCTURES,
-        *,
-        parametrization: str = "sigmoid",
-        num_heads: int = 2,
-    ) -> None:
-        super().__init__()
-        if parametrization not in ("sigmoid", "clamp"):
-            raise ValueError(f"SSG parametrization must be 'sigmoid' or 'clamp', got {parametrization!r}")
-        self.structures = list(structures)
-        self.parametrization = parametrization
-        self.attention = FieldSelfAttention(
-            dim, num_heads=num_heads, num_layers=1, head_dim=dim, residual=False, scale=True
-        )
-        self.project = nn.Linear(self.attention.out_dim, dim, bias=False)
-        init = 0.0 if parametrization == "sigmoid" else 0.5
-        self.theta = nn.Parameter(torch.full((len(self.structures), num_fields, dim), init))
-
-    def gate_values(self) -> torch.Tensor:
-        """``G`` of every structure, ``(M, F, D)`` in [0, 1]."""
-        return torch.sigmoid(self.theta) if self.parametrization == "sigmoid" else self.theta.clamp(0.0, 1.0)
-
-    def forward(self, e: torch.Tensor) -> list[torch.Tensor]:
-        e_sa = self.project(self.attention(e)) + e
-        g = self.gate_values()
-        return [e + g[m] * (e_sa - e) for m in range(len(self.structures))]
-
-
-class _PlainFields(nn.Module):
-    """``use_ssg=False`` (ablation): every structure sees the raw embeddings."""
-
-    def __init__(self, structures: Sequence[str]) -> None:
-        super().__init__()
-        self.structures = list(structures)
-
-    def forward(self, e: torch.Tensor) -> list[torch.Tensor]:
-        return [e] * len(self.structures)
-
-
-def make_ssg(use_ssg: bool, num_fields: int, dim: int, parametrization: str, num_heads: int) -> nn.Module:
-    if use_ssg:
-        return SoftSelectionGating(num_fields, dim, parametrization=parametrization, num_heads=num_heads)
-    return _PlainFields(STRUCTURES)
 
 
 def _flat(fields: torch.Tensor, dense: torch.Tensor | None) -> torch.Tensor:
@@ -216,42 +155,6 @@ class PHN(MultiTaskModel):
             return [self.blocks[0](x.fields, x.dense)] * len(self.tasks)
         slices = x.fields.split(self.embedding_dim, dim=-1)
         return [b(s, x.dense) for b, s in zip(self.blocks, slices, strict=True)]
-
-
-# ---- gates over public experts ---------------------------------------------------------------------------------
-class ValueGate(Gate):
-    """Trainable value gating (TVG, DEPHN §III-C / Fig. 6): the gate values are parameters, not functions of x.
-
-    ``parametrization`` [A]: ``sigmoid`` (default, ``G = σ(θ)``, θ = 0 so G = 0.5; then ``|G^t − G^j| ∈ [0, 1)``
-    as Fig. 4 assumes), ``raw`` (unconstrained, init ``1/n``) or ``softmax`` (over the n entries; ΔG stays tiny, so
-    VG barely depends on it). ``forward(x)`` returns ``(1, n)`` (broadcast over the batch); weight hooks apply.
-    """
-
-    def __init__(self, num_outputs: int, *, parametrization: str = "sigmoid") -> None:
-        nn.Module.__init__(self)
-        if parametrization not in ("sigmoid", "raw", "softmax"):
-            raise ValueError(f"TVG parametrization must be sigmoid, raw or softmax, got {parametrization!r}")
-        self.num_outputs = num_outputs
-        self.parametrization = parametrization
-        init = 1.0 / num_outputs if parametrization == "raw" else 0.0
-        self.theta = nn.Parameter(torch.full((num_outputs,), init))
-        self.temperature = 1.0
-        self.last_weights: torch.Tensor | None = None
-        self.weight_hooks: list = []
-
-    def values(self) -> torch.Tensor:
-        if self.parametrization == "sigmoid":
-            return torch.sigmoid(self.theta)
-        if self.parametrization == "softmax":
-            return torch.softmax(self.theta, 0)
-        return self.theta
-
-    def forward(self, x: torch.Tensor | None = None) -> torch.Tensor:
-        w = self.values().unsqueeze(0)
-        for hook in self.weight_hooks:
-            w = hook(self, w)
-        self.last_weights = w.detach()
-        return w
 
 
 # ---- MT-PHN / DEPHN -----------------------------------------------------------------------------------------------
@@ -504,8 +407,9 @@ class DEPHN(HeterogeneousMTL):
     (``gate="tvg"``, trainable values σ(θ) init 0.5, default; ``"mg"``: softmax(W x0), Fig. 6) → linear heads,
     public and private logits added before one sigmoid (eqs. 4-6, [A] fix of eq. 6).
 
-    Virtual gradient (eqs. 8-9): ``use_vg`` attaches :mod:`mtlrec.plugins.virtual_gradient` to the task gates
-    with ``vg_variant`` (default ``add_sqrt``) and ``vg_relevance`` (default ``pearson``): DEPHN's final choice.
+    Virtual gradient (eqs. 8-9): ``use_vg`` declares the ``virtual_gradient`` plug-in as a default of this model
+    (:meth:`default_plugins`; ``create_model`` attaches it to the task gates like any plug-in) with ``vg_variant``
+    (default ``add_sqrt``) and ``vg_relevance`` (default ``pearson``): DEPHN's final choice.
     Ablations: ``use_vg``, ``use_mapping`` (False: raw mapping only), ``use_ssg`` (False: raw embeddings everywhere).
     Other [A] choices: ``tvg_parametrization`` (sigmoid), ``ssg_parametrization`` (sigmoid), K = 4 experts of
     [256, 128], 3 cross / FINT layers, ``extra_private_dcn_v1`` (adds DCN-v1 as a third private expert, off).
@@ -554,10 +458,16 @@ class DEPHN(HeterogeneousMTL):
             **kw,
         )
         self.use_vg = use_vg
-        if use_vg and len(self.tasks) > 1:
-            from mtlrec.plugins.virtual_gradient import attach_virtual_gradient
+        self.vg_settings = {"variant": vg_variant, "relevance": vg_relevance}
 
-            attach_virtual_gradient(self, {"variant": vg_variant, "relevance": vg_relevance})
+    def default_plugins(self) -> dict[str, Any]:
+        """DEPHN's virtual gradient as configuration (:class:`~mtlrec.models.capabilities.DefaultPlugins`):
+        ``create_model`` attaches it through the one plug-in path, with ``vg_variant`` and ``vg_relevance``
+        (a ``virtual_gradient={...}`` argument is merged over them; ``virtual_gradient=False`` equals
+        ``use_vg=False``). VG needs at least two tasks."""
+        if not self.use_vg or len(self.tasks) < 2:
+            return {}
+        return {"virtual_gradient": dict(self.vg_settings)}
 
     def vg_gate_groups(self) -> list[list[Gate]]:
         """The per-task gates over (expert, mapping), in task order (read by the virtual-gradient plug-in)."""

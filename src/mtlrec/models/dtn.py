@@ -238,6 +238,8 @@ class DTN(MultiTaskModel):
             self.gate_bias = nn.Parameter(torch.zeros(T, N))
         else:
             self.gate_input = nn.Linear(d, T * N)
+        self.last_gates: dict[str, torch.Tensor] = {}  # task → (B, N) gate weights of the last forward
+        self.last_tsn: dict[str, torch.Tensor] = {}
         self.build_towers(fi_dim * (2 if combine == "concat" else 1))
 
     def _cross_fields(self, spec: str | Sequence[str]) -> list[int]:
@@ -263,8 +265,7 @@ class DTN(MultiTaskModel):
     def fi_outputs(self, x: DTNInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, V)``: the normalised flat input and all FI outputs stacked ``(B, N, fi_dim)``, branch-major."""
         h = self.input_norm(x.flat())
-        ids = getattr(x, "ids", None)
-        vecs = [m(h, x.fields, ids) for branch in self.branches for m in branch]
+        vecs = [m(h, x.fields, x.ids) for branch in self.branches for m in branch]
         return h, torch.stack(vecs, 1)
 
     def task_input(self, t: int, h: torch.Tensor, V: torch.Tensor, coef_t: torch.Tensor) -> torch.Tensor:
@@ -295,8 +296,8 @@ class DTN(MultiTaskModel):
     def backbone(self, x: EmbeddedInputs) -> list[torch.Tensor]:
         h, V = self.fi_outputs(x)  # type: ignore[arg-type]
         B = V.shape[0]
-        self.last_gates: dict[str, torch.Tensor] = {}
-        self.last_tsn: dict[str, torch.Tensor] = {}
+        self.last_gates = {}
+        self.last_tsn = {}
         inputs: list[torch.Tensor | None] = [None] * len(self.tasks)
         preds: dict[int, torch.Tensor] = {}
         for t in self.order:
@@ -312,7 +313,7 @@ class DTN(MultiTaskModel):
 
     def gate_summary(self) -> dict[str, torch.Tensor]:
         """Mean gate weight per (task, vector) over the last batch, with vectors named ``branch/module``."""
-        return {t: g.mean(0) for t, g in getattr(self, "last_gates", {}).items()}
+        return {t: g.mean(0) for t, g in self.last_gates.items()}
 
     def vector_names(self) -> list[str]:
         names = [*self.task_names, *(f"shared{k}" for k in range(self.num_shared))]

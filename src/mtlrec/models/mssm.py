@@ -24,9 +24,10 @@ from collections.abc import Sequence
 import torch
 
 from mtlrec.data.layout import FeatureLayout
+from mtlrec.layers.routing import HardConcreteGate, RoutedSubnetworks
 from mtlrec.models.base import EmbeddedInputs, MultiTaskModel
 from mtlrec.models.registry import register_model
-from mtlrec.models.snr import HardConcreteGate, RoutedSubnetworks, _snr_kw
+from mtlrec.models.snr import _snr_kw
 from mtlrec.schema import TaskSpec
 
 

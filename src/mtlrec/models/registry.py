@@ -6,7 +6,11 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from torch import nn
+
 from mtlrec.data.layout import FeatureLayout
+from mtlrec.errors import UserError, unknown_name
+from mtlrec.models.capabilities import DefaultPlugins
 from mtlrec.schema import Schema, TaskSpec
 
 _REGISTRY: dict[str, dict[str, Any]] = {}
@@ -45,10 +49,15 @@ def list_models(family: str | None = None) -> list[str]:
 def model_info(name: str) -> dict[str, Any]:
     _ensure_loaded()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise unknown_name("model", name, _REGISTRY)
     e = _REGISTRY[name]
     doc = inspect.getdoc(e["cls"]) or ""
     return {"name": name, "family": e["family"], "paper": e["paper"], "summary": doc.split("\n")[0], "cls": e["cls"]}
+
+
+def model_params(name: str) -> set[str]:
+    """The hyper-parameter names ``create_model(name, ...)`` accepts (the plug-in keys included)."""
+    return _accepted_params(model_info(name)["cls"]) | set(_PLUGINS)
 
 
 def create_model(
@@ -58,8 +67,14 @@ def create_model(
 
     ``layout``: the :class:`FeatureLayout` of the encoded data (or any object with a ``.layout``, such as a
     loaded data set). ``tasks``: the task specs (a :class:`Schema` gives its tasks; default: the data set's).
-    ``params``: the model's hyper-parameters; unknown names raise a ``TypeError`` listing the valid ones.
-    Plug-ins: ``dml={...}`` and ``virtual_gradient={...}`` are attached after construction where available.
+    ``params``: the model's hyper-parameters; an unknown name raises a :class:`~mtlrec.errors.UserError` naming
+    the model, the parameter and the nearest valid name.
+
+    Plug-ins: ``dml=...`` and ``virtual_gradient=...`` are attached after construction, all through one path:
+    first the model's own defaults (a model implementing
+    :class:`~mtlrec.models.capabilities.DefaultPlugins`, such as DEPHN's VG settings), the caller's spec merged over
+    them (a dict over a dict; ``False`` switches a default off). What was attached is recorded in
+    ``model.plugin_specs``.
     """
     info = model_info(name)
     if not isinstance(layout, FeatureLayout):
@@ -70,17 +85,46 @@ def create_model(
         tasks = tasks.tasks
     if tasks is None:
         raise ValueError("create_model needs the task specs")
+    _ensure_loaded()
     plugin_specs = {k: params.pop(k) for k in list(params) if k in _PLUGINS}
     cls = info["cls"]
     valid = _accepted_params(cls)
-    unknown = set(params) - valid
+    unknown = sorted(set(params) - valid)
     if unknown:
-        raise TypeError(f"model {name!r} does not take {sorted(unknown)}; it takes {sorted(valid)}")
+        raise unknown_name("parameter", unknown[0], valid | set(_PLUGINS), where=f"model {name!r}")
     model = cls(layout, list(tasks), **params)
-    for key, spec in plugin_specs.items():
-        if spec:
-            _PLUGINS[key](model, spec)
+    attach_plugins(model, plugin_specs)
     return model
+
+
+def attach_plugins(model: Any, specs: dict[str, Any]) -> Any:
+    """Attach the plug-ins of ``specs`` (key → spec) and the model's declared defaults, in registration order."""
+    _ensure_loaded()
+    defaults = model.default_plugins() if isinstance(model, DefaultPlugins) else {}
+    unknown = sorted((set(specs) | set(defaults)) - set(_PLUGINS))
+    if unknown:
+        raise unknown_name("plug-in", unknown[0], _PLUGINS)
+    attached = getattr(model, "plugin_specs", None)
+    attached = attached if isinstance(attached, dict) else {}
+    for key, (attach, normalize) in _PLUGINS.items():
+        spec = _merge_spec(normalize, defaults.get(key), specs.get(key))
+        if spec is not None:
+            attach(model, spec)
+            attached[key] = spec
+    if isinstance(model, nn.Module):
+        model.plugin_specs = attached
+    return model
+
+
+def _merge_spec(normalize: Callable[[Any], dict], default: Any, given: Any) -> dict | None:
+    """The caller's spec over the model's default: ``None``/``False``/empty → nothing (a default stays unless the
+    caller passed ``False``); ``True``/a variant name/a dict → a dict merged over the default's dict."""
+    if given is False:
+        return None
+    base = normalize(default) if default not in (None, False) else None
+    if given is None or given == {}:
+        return base
+    return {**(base or {}), **normalize(given)}
 
 
 def _accepted_params(cls: type) -> set[str]:
@@ -95,13 +139,27 @@ def _accepted_params(cls: type) -> set[str]:
     return names
 
 
-# name -> callable(model, spec) attaching a plug-in; filled by mtlrec.plugins
-_PLUGINS: dict[str, Callable] = {}
+def plugin_spec(spec: Any) -> dict[str, Any]:
+    """The common spec forms of a plug-in: ``True`` → ``{}``, a name → ``{"variant": name}``, a dict → a copy."""
+    if spec is True:
+        return {}
+    if isinstance(spec, str):
+        return {"variant": spec}
+    if isinstance(spec, dict):
+        return dict(spec)
+    raise UserError(f"a plug-in spec must be true, a variant name or a mapping, got {type(spec).__name__}")
 
 
-def register_plugin(key: str) -> Callable:
+# key -> (callable(model, spec dict) attaching a plug-in, normaliser of the user's spec); filled by mtlrec.plugins
+_PLUGINS: dict[str, tuple[Callable, Callable[[Any], dict]]] = {}
+
+
+def register_plugin(key: str, normalize: Callable[[Any], dict] = plugin_spec) -> Callable:
+    """Register ``fn(model, spec)`` as the plug-in ``key`` of ``create_model(..., key=spec)``; ``normalize`` turns
+    the user's spec (``True``, a variant name, a dict) into a dict."""
+
     def deco(fn: Callable) -> Callable:
-        _PLUGINS[key] = fn
+        _PLUGINS[key] = (fn, normalize)
         return fn
 
     return deco

@@ -46,8 +46,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtlrec.errors import unknown_name
 from mtlrec.models.base import MultiTaskModel, TowerPlugin
-from mtlrec.models.registry import register_plugin
+from mtlrec.models.registry import plugin_spec, register_plugin
 
 VARIANTS: dict[str, dict[str, bool]] = {
     "plain": {"ctfm": False, "gkd": False, "ctfm_stop_gradient": True},
@@ -166,7 +167,7 @@ def resolve_config(spec: dict[str, Any] | bool | str) -> dict[str, Any]:
     spec = dict(spec)
     variant = spec.pop("variant", None)
     if variant is not None and variant not in VARIANTS:
-        raise ValueError(f"unknown DML variant {variant!r}; choose from {list(VARIANTS)}")
+        raise unknown_name("DML variant", variant, VARIANTS, where="dml.variant")
     cfg: dict[str, Any] = {
         **(VARIANTS[variant] if variant else {"ctfm": False, "gkd": False, "ctfm_stop_gradient": True}),
         "gkd_stop_gradient": True,
@@ -177,12 +178,17 @@ def resolve_config(spec: dict[str, Any] | bool | str) -> dict[str, Any]:
     }
     unknown = set(spec) - set(cfg)
     if unknown:
-        raise TypeError(f"dml does not take {sorted(unknown)}; it takes {sorted(set(cfg) | {'variant'})}")
+        raise unknown_name("key", sorted(unknown)[0], set(cfg) | {"variant"}, where="dml")
     cfg.update(spec)
     return cfg
 
 
-@register_plugin("dml")
+def dml_spec(spec: dict[str, Any] | bool | str) -> dict[str, Any]:
+    """The registry's normaliser: ``True`` → the full ``dml`` variant, a name → that variant, a dict → a copy."""
+    return {"variant": "dml"} if spec is True else plugin_spec(spec)
+
+
+@register_plugin("dml", normalize=dml_spec)
 def attach_dml(model: MultiTaskModel, spec: dict[str, Any] | bool | str) -> MultiTaskModel:
     """Attach CTFM and/or GKD to ``model`` (see the module docstring for ``spec``). ``plain`` attaches nothing."""
     cfg = resolve_config(spec)

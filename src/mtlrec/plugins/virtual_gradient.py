@@ -25,10 +25,12 @@ interaction mode ``add``: ``s = (x + y)/2``, ``mul``: ``s = x·y``; ``u = 2s −
   tasks are observed (``rows="observed"``; degenerate when one task's mask is the other's label).
 * which gates are compared: the :class:`~mtlrec.layers.gates.Gate` modules of a model are grouped by their parent
   module and width; a group of exactly T gates is read as one gate per task, in task order (MMoE's gates, CGC's
-  task gates per level, DEPHN's value gates); other gates (e.g. PLE's shared gate) are left alone. A model can
-  define ``vg_gate_groups()`` returning lists of T gates to override this. Gate slots are compared by position.
+  task gates per level); other gates (e.g. PLE's shared gate) are left alone. A model implementing
+  :class:`~mtlrec.models.capabilities.VGGateGroups` (DEPHN's value gates) names its groups itself. Gate slots
+  are compared by position.
 
-Usage: ``create_model("mmoe", data, virtual_gradient={"variant": "mul_abs", "relevance": "pearson"})``. The
+Usage: ``create_model("mmoe", data, virtual_gradient={"variant": "mul_abs", "relevance": "pearson"})``, the one
+plug-in path DML uses too (DEPHN declares its VG settings as a default of that path). The
 batch's labels are read by a forward pre-hook on the model, so the trainer needs no special case. VG acts only
 while the model is training and gradients are enabled; at inference the gates are untouched.
 """
@@ -43,7 +45,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtlrec.errors import UserError, unknown_name
 from mtlrec.layers.gates import Gate
+from mtlrec.models.capabilities import VGGateGroups
 from mtlrec.models.registry import register_plugin
 
 MODES = ("add", "mul")
@@ -56,7 +60,7 @@ RELEVANCE = ("pearson", "cosine")
 def parse_variant(variant: str) -> tuple[str, str]:
     mode, _, fit = variant.partition("_")
     if mode not in MODES or fit not in FITNESS:
-        raise ValueError(f"unknown virtual-gradient variant {variant!r}; choose from {list(VARIANTS)}")
+        raise unknown_name("virtual-gradient variant", variant, VARIANTS, where="virtual_gradient.variant")
     return mode, fit
 
 
@@ -176,21 +180,14 @@ class _LazyVG(torch.autograd.Function):
         return grad * coef.to(grad.dtype), None, None, None, None
 
 
-def _gate_width(g: Gate) -> int | None:
-    width = getattr(g, "num_outputs", None)
-    if width is None and hasattr(g, "net"):
-        width = getattr(g.net, "output_dim", None)
-    return width
-
-
 def task_gate_groups(model: nn.Module, num_tasks: int) -> list[list[Gate]]:
     """Groups of ``num_tasks`` gates, one per task in task order (see the module docstring)."""
-    if hasattr(model, "vg_gate_groups"):
+    if isinstance(model, VGGateGroups):
         return [list(g) for g in model.vg_gate_groups()]
     groups: dict[tuple[str, Any], list[Gate]] = {}
     for name, m in model.named_modules():
         if isinstance(m, Gate):
-            groups.setdefault((name.rpartition(".")[0], _gate_width(m)), []).append(m)
+            groups.setdefault((name.rpartition(".")[0], m.num_outputs), []).append(m)
     return [g for g in groups.values() if len(g) == num_tasks and num_tasks > 1]
 
 
@@ -208,11 +205,11 @@ class VirtualGradient:
     ) -> None:
         parse_variant(variant)
         if rows not in ("all", "observed"):
-            raise ValueError(f"rows must be 'all' or 'observed', got {rows!r}")
+            raise unknown_name("rows", rows, ("all", "observed"), where="virtual_gradient.rows")
         if relevance not in RELEVANCE:
-            raise ValueError(f"relevance must be one of {RELEVANCE}, got {relevance!r}")
+            raise unknown_name("relevance", relevance, RELEVANCE, where="virtual_gradient.relevance")
         if not 0.0 <= ema < 1.0:
-            raise ValueError(f"ema must be in [0, 1), got {ema}")
+            raise UserError(f"virtual_gradient.ema: expected a momentum in [0, 1), got {ema}")
         self.variant, self.relevance, self.ema, self.rows = variant, relevance, ema, rows
         self.enabled = True
         self._phi_ema: torch.Tensor | None = None
@@ -288,7 +285,7 @@ def attach_virtual_gradient(model: nn.Module, spec: dict | bool | str) -> Virtua
     spec = dict(spec)
     unknown = set(spec) - {"variant", "relevance", "ema", "rows"}
     if unknown:
-        raise TypeError(f"virtual_gradient does not take {sorted(unknown)}; it takes variant, relevance, ema, rows")
+        raise unknown_name("key", sorted(unknown)[0], ("variant", "relevance", "ema", "rows"), where="virtual_gradient")
     existing = getattr(model, "virtual_gradient_plugin", None)
     if isinstance(existing, VirtualGradient):
         existing.configure(**spec)
