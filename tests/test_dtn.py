@@ -29,7 +29,7 @@ def test_shapes_and_gradients(fixture, tasks, request):
     bundle = request.getfixturevalue(fixture)
     seed_everything(0)
     model = create_model("dtn", bundle, **SMALL)
-    assert len(model.branches) == tasks + 1
+    assert model.task_branches.num_branches == tasks and model.shared_branches.num_branches == 1
     out = model(_batch(bundle))
     assert len(out.logits) == tasks and all(v.shape == (32,) for v in out.logits.values())
     model.task_losses(out, _batch(bundle)).sum().backward()
@@ -82,7 +82,22 @@ def test_tsn_uses_original_task_indices_for_three_tasks(tiny_bundle_reg):
         model.heads["rating"].bias.zero_()
     out = model(_batch(tiny_bundle_reg))
     out.logits["click"].sum().backward()
-    grads = lambda b: sum(p.grad.abs().sum() for p in model.branches[b].parameters() if p.grad is not None)  # noqa: E731
+    def grads(b: int) -> float:
+        """Gradient mass of branch b (rows b of the stacked dense parameters; b = 3 is the shared branch)."""
+        group, k = (model.task_branches, b) if b < 3 else (model.shared_branches, b - 3)
+        total = 0.0
+        for name, p in group.named_parameters():
+            if p.grad is None or p.grad.is_sparse:
+                continue
+            branch_axis = 1 if name.startswith("nets.gdcn") else 0  # GDCN stacks (layers, branches, ...)
+            n = p.shape[branch_axis]
+            if name.startswith("nets.masknet.block"):  # MaskBlocks: (branches · blocks, ...)
+                per = n // group.num_branches
+                total += float(p.grad[k * per : (k + 1) * per].abs().sum())
+            else:
+                total += float(p.grad.select(branch_axis, k).abs().sum())
+        return total
+
     assert grads(2) == 0
     assert grads(1) > 0 and grads(3) > 0
 

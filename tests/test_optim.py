@@ -141,3 +141,19 @@ def test_build_optimizers_puts_sparse_tables_in_rowwise_adam():
     assert len(dense) == 2
     opts = build_optimizers(model, 1e-3)
     assert isinstance(opts[0], torch.optim.Adam) and isinstance(opts[1], RowwiseAdam)
+
+
+@pytest.mark.parametrize(("rows", "lookups"), [(500, 4000), (100_000, 3000)])
+def test_touched_rows_equal_coalesce_bit_for_bit(rows, lookups):
+    """Both paths of the optimizer's row summation (dense buffer + bincount, unique ids) give coalesce()'s rows and
+    sums (the order in which duplicates are added may differ: float tolerance)."""
+    from mtlrec.train.optim import _touched_rows
+
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(rows, 3, sparse=True)
+    ids = torch.randint(0, rows, (lookups,))
+    (emb(ids) * torch.randn(lookups, 3)).sum().backward()
+    ref = emb.weight.grad.coalesce()
+    got_rows, got = _touched_rows(emb.weight.grad)
+    assert torch.equal(got_rows, ref.indices()[0])
+    torch.testing.assert_close(got, ref.values(), rtol=1e-6, atol=1e-6)

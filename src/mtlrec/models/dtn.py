@@ -51,6 +51,12 @@ from torch import nn
 from mtlrec.data.batches import Batch
 from mtlrec.data.layout import FeatureLayout
 from mtlrec.layers.interactions import GatedCrossNetwork, HashCodebook, MaskNet
+from mtlrec.layers.interactions.stacked import (
+    StackedGatedCross,
+    StackedHashCodebook,
+    StackedLinear,
+    StackedParallelMaskNet,
+)
 from mtlrec.models.base import EmbeddedInputs, MultiTaskModel
 from mtlrec.models.ctr.base import field_ids
 from mtlrec.models.registry import register_model
@@ -107,6 +113,44 @@ class _MemoNetBranch(nn.Module):
         assert ids is not None
         k = self.cross_fields
         return self.proj(torch.cat([self.hc(ids[:, k], E[:, k]), x], 1))
+
+
+class StackedBranches(nn.Module):
+    """The FI modules of ``n`` branches evaluated together (:mod:`mtlrec.layers.interactions.stacked`): one batched
+    product per layer for all branches, one codebook lookup. Built from the per-branch modules above, so the
+    initialisation is theirs; ``forward(h, E, ids)`` returns ``(n, M, B, fi_dim)`` for the ``M`` modules in
+    ``kinds`` order (the per-branch modules' outputs up to float rounding; tested)."""
+
+    def __init__(self, branches: Sequence[nn.ModuleList], kinds: Sequence[str]) -> None:
+        super().__init__()
+        self.kinds, self.num_branches = list(kinds), len(branches)
+        self.nets, self.projs = nn.ModuleDict(), nn.ModuleDict()
+        for k, kind in enumerate(self.kinds):
+            mods = [branch[k] for branch in branches]
+            if kind == "gdcn":
+                self.nets[kind] = StackedGatedCross.from_modules([m.cross for m in mods])
+            elif kind == "masknet":
+                self.nets[kind] = StackedParallelMaskNet.from_modules([m.net for m in mods])
+            else:
+                self.nets[kind] = StackedHashCodebook.from_modules([m.hc for m in mods])
+                self.register_buffer("cross_fields", mods[0].cross_fields.clone(), persistent=False)
+            proj = [m.proj for m in mods]
+            self.projs[kind] = nn.Identity() if isinstance(proj[0], nn.Identity) else StackedLinear.from_modules(proj)
+
+    def forward(self, h: torch.Tensor, E: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+        outs = []
+        for kind in self.kinds:
+            if kind == "gdcn":
+                y = self.nets[kind](h)
+            elif kind == "masknet":
+                y = self.nets[kind](E)
+            else:
+                assert ids is not None
+                k = self.cross_fields
+                z = self.nets[kind](ids[:, k], E[:, k])
+                y = torch.cat([z, h.expand(self.num_branches, *h.shape)], -1)
+            outs.append(self.projs[kind](y))
+        return torch.stack(outs, 1)
 
 
 def parse_tsn(spec: str | Sequence[str] | Sequence[tuple[int, int]], task_names: list[str]) -> list[tuple[int, int]]:
@@ -225,7 +269,11 @@ class DTN(MultiTaskModel):
             )
 
         n_branches = T + num_shared
-        self.branches = nn.ModuleList(nn.ModuleList(make(k) for k in self.fi_modules) for _ in range(n_branches))
+        # built per branch (the initialisation of the paper's structure), evaluated stacked: the task branches
+        # and the shared ones apart, so that the shared parameters stay separate tensors (gradient weighting)
+        branches = [nn.ModuleList(make(k) for k in self.fi_modules) for _ in range(n_branches)]
+        self.task_branches = StackedBranches(branches[:T], self.fi_modules)
+        self.shared_branches = StackedBranches(branches[T:], self.fi_modules) if num_shared else None
         M = len(self.fi_modules)
         self.num_vectors = N = n_branches * M
         # vector n belongs to branch n // M; branches 0..T-1 are the tasks', the rest shared
@@ -265,8 +313,9 @@ class DTN(MultiTaskModel):
     def fi_outputs(self, x: DTNInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, V)``: the normalised flat input and all FI outputs stacked ``(B, N, fi_dim)``, branch-major."""
         h = self.input_norm(x.flat())
-        vecs = [m(h, x.fields, x.ids) for branch in self.branches for m in branch]
-        return h, torch.stack(vecs, 1)
+        groups = [g for g in (self.task_branches, self.shared_branches) if g is not None]
+        V = torch.cat([g(h, x.fields, x.ids) for g in groups])  # (branches, M, B, fi_dim)
+        return h, V.permute(2, 0, 1, 3).reshape(V.shape[2], -1, V.shape[3])
 
     def task_input(self, t: int, h: torch.Tensor, V: torch.Tensor, coef_t: torch.Tensor) -> torch.Tensor:
         """Tower input of task ``t`` from ``V`` and the TSN scales ``coef_t (B, N)``."""
@@ -322,8 +371,7 @@ class DTN(MultiTaskModel):
     def shared_parameters(self) -> list[nn.Parameter]:
         """The input normalisation and the shared branches' dense parameters (hashed codebooks excluded)."""
         skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
-        T = len(self.tasks)
-        mods = [self.input_norm, *self.branches[T:]]
+        mods = [self.input_norm] + ([self.shared_branches] if self.shared_branches is not None else [])
         return [p for m in mods for p in m.parameters() if id(p) not in skip and p.requires_grad]
 
 

@@ -1,0 +1,121 @@
+"""The stacked (all branches at once) interaction modules compute what the per-branch modules compute."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mtlrec.data.batches import BatchIterator
+from mtlrec.layers.interactions import GatedCrossNetwork, HashCodebook, MaskNet
+from mtlrec.layers.interactions.stacked import (
+    StackedGatedCross,
+    StackedHashCodebook,
+    StackedLinear,
+    StackedParallelMaskNet,
+)
+from mtlrec.models import dtn as dtn_module
+from mtlrec.models.registry import create_model
+from mtlrec.seeding import seed_everything
+
+TOL = {"rtol": 1e-5, "atol": 1e-6}
+
+
+def _check(per_branch: list[nn.Module], stacked: nn.Module, inputs: tuple, call=None):
+    """Outputs equal, and each branch's parameter gradients equal its slice of the stacked gradients."""
+    call = call or (lambda m, *a: m(*a))
+    ref = torch.stack([call(m, *inputs) for m in per_branch])
+    got = call(stacked, *inputs)
+    torch.testing.assert_close(got, ref, **TOL)
+    w = torch.randn_like(ref)
+    (ref * w).sum().backward()
+    (got * w).sum().backward()
+    return ref, got
+
+
+def test_stacked_linear_shared_and_per_branch_inputs():
+    torch.manual_seed(0)
+    lins = [nn.Linear(6, 4) for _ in range(3)]
+    st = StackedLinear.from_modules(lins)
+    x = torch.randn(5, 6)
+    _check(lins, st, (x,))
+    for k, lin in enumerate(lins):
+        torch.testing.assert_close(st.weight.grad[k], lin.weight.grad.t(), **TOL)
+        torch.testing.assert_close(st.bias.grad[k, 0], lin.bias.grad, **TOL)
+    xs = torch.randn(3, 5, 6)
+    torch.testing.assert_close(st(xs), torch.stack([lin(xs[k]) for k, lin in enumerate(lins)]), **TOL)
+
+
+def test_stacked_gated_cross():
+    torch.manual_seed(0)
+    nets = [GatedCrossNetwork(7, num_layers=2) for _ in range(3)]
+    st = StackedGatedCross.from_modules(nets)
+    x = torch.randn(9, 7, requires_grad=True)
+    _check(nets, st, (x,))
+    for k, net in enumerate(nets):
+        for ell in range(2):
+            torch.testing.assert_close(st.weight.grad[ell, k, :, :7], net.w_cross[ell].weight.grad.t(), **TOL)
+            torch.testing.assert_close(st.weight.grad[ell, k, :, 7:], net.w_gate[ell].weight.grad.t(), **TOL)
+            torch.testing.assert_close(st.bias.grad[ell, k, 0], net.bias.grad[ell], **TOL)
+
+
+def test_stacked_parallel_masknet():
+    torch.manual_seed(0)
+    F, D = 4, 3
+    nets = [
+        MaskNet(F, D, mode="parallel", num_blocks=2, block_dim=5, reduction_ratio=0.5, hidden=[6, 6], emb_layer_norm=False)
+        for _ in range(3)
+    ]
+    st = StackedParallelMaskNet.from_modules(nets)
+    E = torch.randn(8, F, D)
+    _check(nets, st, (E,))
+    for k, net in enumerate(nets):
+        torch.testing.assert_close(st.block.w1.grad[2 * k : 2 * k + 2], net.blocks[0].w1.grad, **TOL)
+        torch.testing.assert_close(st.mlp[0].weight.grad[k], net.mlp[0].weight.grad.t(), **TOL)
+
+
+@pytest.mark.parametrize("shrink", ["sum", "global_attentive"])
+def test_stacked_hash_codebook(shrink):
+    torch.manual_seed(0)
+    F, D = 4, 3
+    hcs = [HashCodebook(F, D, num_buckets=50, shrink=shrink, sparse=True, seed=7) for _ in range(3)]
+    st = StackedHashCodebook.from_modules(hcs)
+    ids = torch.randint(0, 20, (6, F))
+    E = torch.randn(6, F, D)
+    _check(hcs, st, (ids, E))
+    rows = st.rows
+    dense = st.codebook.weight.grad.to_dense()
+    for k, hc in enumerate(hcs):
+        torch.testing.assert_close(dense[k * rows : (k + 1) * rows], hc.codebook.weight.grad.to_dense(), **TOL)
+        torch.testing.assert_close(st.restore.weight.grad[k], hc.restore_linear.weight.grad.t(), **TOL)
+
+
+def test_stacked_codebooks_need_the_same_hashes():
+    hcs = [HashCodebook(3, 2, num_buckets=10, seed=s) for s in (0, 1)]
+    with pytest.raises(ValueError, match="same hash functions"):
+        StackedHashCodebook.from_modules(hcs)
+
+
+@pytest.mark.parametrize("opts", [{}, {"fi_modules": ["memonet"], "memonet_shrink": "global_attentive"}])
+def test_dtn_stacked_branches_equal_the_per_branch_modules(tiny_bundle_reg, monkeypatch, opts):
+    """The whole DTN interaction block, stacked, against the per-branch modules it was built from."""
+    recorded: list[list[nn.ModuleList]] = []
+    original = dtn_module.StackedBranches.__init__
+
+    def spy(self, branches, kinds):
+        recorded.append(copy.deepcopy(list(branches)))
+        original(self, branches, kinds)
+
+    monkeypatch.setattr(dtn_module.StackedBranches, "__init__", spy)
+    seed_everything(0)
+    small = {"embedding_dim": 4, "tower_hidden": [8], "fi_dim": 16, "masknet_agg_dim": 16, "masknet_block_dim": 8}
+    model = create_model("dtn", tiny_bundle_reg, masknet_hidden=[16], num_buckets=1000, **{**small, **opts})
+    batch = next(iter(BatchIterator(tiny_bundle_reg.train, 32)))
+    x = model.embed(batch)
+    h, V = model.fi_outputs(x)
+    branches = [b for group in recorded for b in group]
+    ref = torch.stack([m(h, x.fields, x.ids) for branch in branches for m in branch], 1)
+    torch.testing.assert_close(V, ref, **TOL)
+    assert len(branches) == len(model.tasks) + model.num_shared
