@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -117,15 +116,17 @@ def load(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+        if "unsupported global" in str(e).lower() or "unsupported class" in str(e).lower():
             raise UserError(
                 f"{path}: refused to load: the checkpoint holds Python objects other than tensors and plain values "
                 "(loading it could run code); it was not written by mtlrec or has been tampered with"
             ) from None
-        raise UserError(f"{path}: checkpoint is damaged (unreadable pickle data); retrain or restore it") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
+        raise UserError(
+            f"{path}: checkpoint is damaged or not one mtlrec wrote (unsupported pickle data); refused to load it"
+        ) from None
+    except FileNotFoundError:
+        raise
+    except Exception:  # truncated zip, torn pickle stream, random bytes: torch raises many kinds
         raise UserError(f"{path}: checkpoint is damaged (truncated or corrupt file); retrain or restore it") from None
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{path}: checkpoint is damaged (no model state in it); retrain or restore it")
