@@ -13,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,15 @@ from mtlrec.train.trainer import TrainConfig, Trainer  # noqa: E402
 from tests.conftest import make_table, tiny_schema  # noqa: E402
 
 CONFIG = dict(epochs=3, batch_size=160, seed=5, progress=False, patience=10, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models in tests: one thread is much faster on a busy machine (and the kernels the children use)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def bundle():

@@ -19,6 +19,7 @@ from mtlrec.models.registry import create_model
 from mtlrec.schema import Schema
 from mtlrec.train import checkpoint as ckpt
 from mtlrec.train.trainer import TrainConfig, Trainer
+from tests.fault_child import one_thread  # noqa: F401  (a fixture)
 
 
 class Payload:
@@ -31,12 +32,7 @@ class Payload:
         return (builtins.open, (self.marker, "w"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is much faster on a busy machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(bundle):

@@ -17,19 +17,14 @@ from mtlrec.errors import RunInterrupted
 from mtlrec.train import checkpoint as ckpt
 from mtlrec.train import trainer as trainer_mod
 from tests import fault_child
+from tests.fault_child import one_thread  # noqa: F401  (a fixture)
 
 CHILD = Path(__file__).with_name("fault_child.py")
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"train_seconds", "train_samples_per_s"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # one thread: the kernels the child processes use, and much faster on a busy machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
