@@ -289,14 +289,17 @@ class Trainer:
         if bool(bad_num.any()):
             cols = [names[j] if j < len(names) else f"#{j}" for j in bad_num.nonzero().flatten().tolist()]
             return (
-                f"loss became {loss} {where}: numeric input column {cols[0]!r} holds a non-finite value (NaN or inf); fix that label column in the data"
+                f"loss became {loss} {where}: numeric input column {cols[0]!r} holds a non-finite value (NaN or inf)"
                 + (f" (also {', '.join(map(repr, cols[1:]))})" if len(cols) > 1 else "")
                 + "; clean or clip that column in the data"
             )
         bad_lab = (~torch.isfinite(batch.labels) & (batch.masks > 0)).any(0)
         if bool(bad_lab.any()):
             task = self.model.task_names[int(bad_lab.nonzero().flatten()[0])]
-            return f"loss became {loss} {where}: label column of task {task!r} holds a non-finite value (NaN or inf); fix that label column in the data"
+            return (
+                f"loss became {loss} {where}: label column of task {task!r} holds a non-finite value (NaN or inf); "
+                "fix that label column in the data"
+            )
         lr = self.cfg.lr if self.cfg.embedding_lr is None else f"{self.cfg.lr} (embedding_lr {self.cfg.embedding_lr})"
         clip = f"train.grad_clip (now {self.cfg.grad_clip})" if self.cfg.grad_clip else "set train.grad_clip"
         return (
