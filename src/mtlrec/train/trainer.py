@@ -477,9 +477,8 @@ class Trainer:
         it = BatchIterator(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
         num_batches = it.num_batches()
         self.model.train()
-        stopped_early = False
         with _StopSignals(self):
-            while self.state["epoch"] < cfg.epochs:
+            while self.state["epoch"] < cfg.epochs and not self.state.get("stopped_early"):
                 epoch = self.state["epoch"]
                 if self.state["batch"] == 0 or "epoch_task_loss" not in self.state:
                     # this epoch's sums, in the state so a mid-epoch resume logs the whole epoch exactly
@@ -491,21 +490,19 @@ class Trainer:
                         epoch_seconds=0.0,
                     )
                 if self._train_epoch(it, epoch, num_batches, max_steps, on_step):
-                    return self._result(stopped_early, interrupted=True)
+                    return self._result(interrupted=True)
                 try:
                     scores = evaluate(
                         self.model, valid, cfg.eval_batch_size, cfg.precision, should_stop=self._stop_requested
                     )
                 except EvaluationStopped:
                     self._interrupt(f"during the validation of epoch {epoch + 1}/{cfg.epochs}")
-                stopped_early = self._end_epoch(epoch, scores)
+                self._end_epoch(epoch, scores)
                 if on_epoch_end:
                     on_epoch_end(self.state["history"][-1])
                 if self._stop_requested():
                     self._interrupt(f"after epoch {epoch + 1}/{cfg.epochs}", save=False)
-                if stopped_early:
-                    break
-        return self._result(stopped_early)
+        return self._result()
 
     def _train_epoch(self, it, epoch: int, num_batches: int, max_steps, on_step) -> bool:
         """Train the rest of epoch ``epoch``; True when ``max_steps`` was reached (the checkpoint is written)."""
@@ -549,9 +546,8 @@ class Trainer:
                 bar.close()
         return False
 
-    def _end_epoch(self, epoch: int, scores: dict[str, dict[str, float]]) -> bool:
-        """Model selection, the weighting's epoch hook, the epoch's log record and ``last.pt``; True when early
-        stopping ends the run."""
+    def _end_epoch(self, epoch: int, scores: dict[str, dict[str, float]]) -> None:
+        """Model selection, the weighting's epoch hook, the epoch's log record (``log.jsonl``) and ``last.pt``."""
         st = self.state
         value = monitored_value(scores, self.monitor_task, self.monitor_metric)
         improved = self._is_improvement(value)
@@ -578,12 +574,10 @@ class Trainer:
         st["history"].append(record)
         st["epoch"] += 1
         st["batch"] = 0
-        stopped_early = st["bad_epochs"] >= self.cfg.patience
-        if stopped_early:
-            st["epoch"] = self.cfg.epochs  # a resumed run must not train on
+        # once stopped early, a resumed run does not train on (even with more epochs)
+        st["stopped_early"] = st["bad_epochs"] >= self.cfg.patience
         self.save_last()
         self._write_log()
-        return stopped_early
 
     # ---- interruption --------------------------------------------------------------------------------------
     def _stop_requested(self) -> bool:
@@ -610,13 +604,13 @@ class Trainer:
             return True
         return value > best + self.cfg.min_delta if self.higher_better else value < best - self.cfg.min_delta
 
-    def _result(self, stopped_early: bool, interrupted: bool = False) -> FitResult:
+    def _result(self, interrupted: bool = False) -> FitResult:
         return FitResult(
             self.state["best_epoch"],
             self.state["best_value"],
             self.monitor,
             list(self.state["history"]),
-            stopped_early,
+            bool(self.state.get("stopped_early", False)),
             interrupted,
         )
 
