@@ -393,10 +393,8 @@ class Trainer:
         diff = [
             f"train.{k}: {saved_cfg[k]!r} -> {now[k]!r}"
             for k in now
-            if k in saved_cfg and k not in RESUME_MAY_CHANGE and k != "seed" and saved_cfg[k] != now[k]
+            if k in saved_cfg and k not in RESUME_MAY_CHANGE and saved_cfg[k] != now[k]
         ]
-        if "seed" in saved_cfg and saved_cfg["seed"] != now["seed"]:
-            diff.append(f"train.seed: {saved_cfg['seed']!r} -> {now['seed']!r}")
         saved_info = json.loads(state["run_info_json"]) if state.get("run_info_json") else None
         if saved_info is not None and self.run_info is not None:
             mine = json.loads(_run_info_json(self.run_info))
