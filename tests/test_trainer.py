@@ -8,6 +8,9 @@ import torch
 from mtlrec.experiment import seed_everything
 from mtlrec.models.registry import create_model
 from mtlrec.train.trainer import TrainConfig, Trainer, evaluate
+from tests.fault_child import one_thread  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _make(bundle, seed=0):

@@ -268,11 +268,7 @@ class Trainer:
         total = self.weighting.combine(losses, self.state["epoch"])
         for aux in out.aux_losses.values():
             total = total + aux.float()
-        # one host read per step (the loss is logged anyway); checked before backward, so a bad batch never
-        # reaches the weights and the last checkpoint stays the last good state
-        loss = float(total.detach())
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(self._non_finite_cause(batch, loss))
+        loss = self.checked_loss(total, batch)
         self.weighting.backward(total, losses, self.model.shared_parameters())
         if self.cfg.grad_clip:
             dense = [p for p in self.model.parameters() if p.grad is not None and not p.grad.is_sparse]
@@ -280,6 +276,15 @@ class Trainer:
         for opt in self.optimizers:
             opt.step()
         return loss, losses.detach()
+
+    def checked_loss(self, total: torch.Tensor, batch) -> float:
+        """The step's loss as a float; :class:`~mtlrec.errors.NonFiniteLoss` when it is NaN/inf. Called before the
+        backward pass, so a bad batch never reaches the weights and the last checkpoint stays the last good state.
+        One host read per step (the loss is logged anyway); a device path may pace this read."""
+        loss = float(total.detach())
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(self._non_finite_cause(batch, loss))
+        return loss
 
     def _non_finite_cause(self, batch, loss: float) -> str:
         s = self.state
