@@ -8,6 +8,9 @@ import torch
 from mtlrec.experiment import seed_everything
 from mtlrec.models.registry import create_model
 from mtlrec.train.trainer import TrainConfig, Trainer, evaluate
+from tests.fault_child import one_thread  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _make(bundle, seed=0):
@@ -45,9 +48,11 @@ def test_early_stopping_uses_validation_and_writes_files(tiny_bundle, tmp_path):
     model = _make(tiny_bundle)
     res = Trainer(model, cfg, tmp_path).fit(tiny_bundle.train, tiny_bundle.valid)
     assert res.stopped_early and len(res.history) < 30
-    assert res.best_epoch == max(range(len(res.history)), key=lambda i: res.history[i]["monitor_value"])
+    # epochs are 1-based everywhere: FitResult.best_epoch, the history and log.jsonl
+    best = max(res.history, key=lambda r: r["monitor_value"])
+    assert res.best_epoch == best["epoch"] and [r["epoch"] for r in res.history] == list(range(1, len(res.history) + 1))
     lines = (tmp_path / "log.jsonl").read_text().splitlines()
-    assert len(lines) == len(res.history) and "valid" in json.loads(lines[0])
+    assert len(lines) == len(res.history) and "valid" in json.loads(lines[0]) and json.loads(lines[0])["epoch"] == 1
     assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
     assert not list(tmp_path.glob("*.tmp"))
 

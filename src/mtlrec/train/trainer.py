@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,11 +21,12 @@ import torch
 from mtlrec import metrics as M
 from mtlrec.data.batches import BatchIterator
 from mtlrec.data.preprocess import EncodedData
+from mtlrec.errors import NonFiniteLoss, RunInterrupted, UserError, unknown_name
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.train import checkpoint as ckpt
 from mtlrec.train.optim import build_optimizers
-from mtlrec.train.precision import autocast, check_precision
-from mtlrec.train.weighting import WeightingStrategy, create_weighting
+from mtlrec.train.precision import PRECISIONS, autocast, check_precision
+from mtlrec.train.weighting import WeightingStrategy, create_weighting, list_weightings
 
 
 @dataclass
@@ -30,7 +34,8 @@ class TrainConfig:
     """Training settings. ``monitor``: the validation metric for early stopping and model selection, written
     ``task.metric`` (e.g. ``income.auc``) or ``mean.metric`` (mean over the tasks that report it); default: the
     first task's first metric. ``checkpoint_every``: also write the last checkpoint every N steps (0: only at
-    epoch ends). ``precision``: ``fp32`` or ``bf16`` (CPU autocast)."""
+    epoch ends). ``precision``: ``fp32`` or ``bf16`` (CPU autocast). Invalid values raise
+    :class:`~mtlrec.errors.UserError` naming ``train.<field>`` when the config is built."""
 
     epochs: int = 10
     batch_size: int = 2048
@@ -50,9 +55,59 @@ class TrainConfig:
     progress: bool = True
     grad_clip: float | None = None
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field; raises ``UserError("train.<field>: ...")`` for the first bad one."""
+        for name in ("epochs", "batch_size", "eval_batch_size", "patience"):
+            _check_int(name, getattr(self, name), minimum=1)
+        _check_int("checkpoint_every", self.checkpoint_every, minimum=0)
+        _check_int("seed", self.seed, minimum=None)
+        if self.threads is not None:
+            _check_int("threads", self.threads, minimum=1)
+        _check_number("lr", self.lr, positive=True)
+        if self.embedding_lr is not None:
+            _check_number("embedding_lr", self.embedding_lr, positive=True)
+        _check_number("weight_decay", self.weight_decay, positive=False)
+        _check_number("min_delta", self.min_delta, positive=False)
+        if self.grad_clip is not None:
+            _check_number("grad_clip", self.grad_clip, positive=True)
+        if self.precision not in PRECISIONS:
+            raise unknown_name("precision", self.precision, PRECISIONS, where="train.precision")
+        if self.weighting not in list_weightings():
+            raise unknown_name("weighting", self.weighting, list_weightings(), where="train.weighting")
+        if not isinstance(self.weighting_params, dict):
+            raise UserError(f"train.weighting_params: expected a mapping, got {type(self.weighting_params).__name__}")
+        if self.monitor is not None and (not isinstance(self.monitor, str) or "." not in self.monitor):
+            raise UserError(
+                f"train.monitor: expected 'task.metric' or 'mean.metric' (e.g. 'click.auc'), got {self.monitor!r}"
+            )
+
+
+def _check_int(name: str, value: Any, minimum: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise UserError(f"train.{name}: expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise UserError(f"train.{name}: must be >= {minimum}, got {value}")
+
+
+def _check_number(name: str, value: Any, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(value, str) else ""
+        raise UserError(f"train.{name}: expected a number, got {value!r}{hint}")
+    if not math.isfinite(value):
+        raise UserError(f"train.{name}: must be finite, got {value}")
+    if positive and value <= 0:
+        raise UserError(f"train.{name}: must be > 0, got {value}")
+    if not positive and value < 0:
+        raise UserError(f"train.{name}: must be >= 0, got {value}")
+
 
 @dataclass
 class FitResult:
+    """``best_epoch`` is 1-based (0: no epoch finished), as in ``log.jsonl`` and the progress bar."""
+
     best_epoch: int
     best_value: float
     monitor: str
@@ -61,31 +116,49 @@ class FitResult:
     interrupted: bool = False
 
 
+class EvaluationStopped(Exception):
+    """Raised by :func:`predict` / :func:`evaluate` when their ``should_stop`` callback says so."""
+
+
 def evaluate(
-    model: MultiTaskModel, data: EncodedData, batch_size: int = 8192, precision: str = "fp32"
+    model: MultiTaskModel,
+    data: EncodedData,
+    batch_size: int = 8192,
+    precision: str = "fp32",
+    *,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Each task's metrics over its sample space (rows whose mask is 1)."""
-    preds = predict(model, data, batch_size, precision)
+    """Each task's metrics over its sample space (rows whose mask is 1), as plain floats."""
+    preds = predict(model, data, batch_size, precision, should_stop=should_stop)
     labels, masks = np.asarray(data.labels), np.asarray(data.masks)
     out: dict[str, dict[str, float]] = {}
     for j, t in enumerate(model.tasks):
         keep = masks[:, j] > 0
         y, p = labels[keep, j], preds[t.name][keep]
-        out[t.name] = {m: M.compute(m, y, p) for m in t.metrics}
+        out[t.name] = {m: float(M.compute(m, y, p)) for m in t.metrics}
     return out
 
 
 @torch.no_grad()
 def predict(
-    model: MultiTaskModel, data: EncodedData, batch_size: int = 8192, precision: str = "fp32", logits: bool = False
+    model: MultiTaskModel,
+    data: EncodedData,
+    batch_size: int = 8192,
+    precision: str = "fp32",
+    logits: bool = False,
+    *,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, np.ndarray]:
     """Scores for every row, in row order: probabilities (binary tasks) or values (regression tasks); with
-    ``logits`` the heads' raw outputs (pre-sigmoid for binary tasks)."""
+    ``logits`` the heads' raw outputs (pre-sigmoid for binary tasks). ``should_stop`` is asked between batches;
+    when it returns True, :class:`EvaluationStopped` is raised."""
     was_training = model.training
     model.eval()
     chunks: dict[str, list[np.ndarray]] = {t: [] for t in model.task_names}
     try:
         for batch in BatchIterator(data, batch_size).epoch(0):
+            if should_stop is not None and should_stop():
+                raise EvaluationStopped
             with autocast(precision):
                 out = model(batch)
             for t, v in (out.logits if logits else model.predict_proba(out)).items():
@@ -96,17 +169,22 @@ def predict(
 
 
 def resolve_monitor(model: MultiTaskModel, monitor: str | None) -> tuple[str, str, bool]:
-    """``(task or 'mean', metric, higher_is_better)`` for a monitor string."""
+    """``(task or 'mean', metric, higher_is_better)`` for a monitor string; ``UserError`` (key ``train.monitor``)
+    for a task the model does not have or a metric no monitored task reports."""
     if monitor is None:
         t = model.tasks[0]
         return t.name, t.metrics[0], M.higher_is_better(t.metrics[0])
     task, _, metric = monitor.partition(".")
     if not metric:
-        raise ValueError(f"monitor must look like 'task.metric' or 'mean.metric', got {monitor!r}")
+        raise UserError(f"train.monitor: expected 'task.metric' or 'mean.metric', got {monitor!r}")
     if task != "mean" and task not in model.task_names:
-        raise ValueError(f"monitor {monitor!r}: no task {task!r}; tasks are {model.task_names}")
-    if metric not in M.HIGHER_IS_BETTER:
-        raise ValueError(f"monitor {monitor!r}: unknown metric {metric!r}")
+        raise unknown_name("task", task, ["mean", *model.task_names], where=f"train.monitor {monitor!r}")
+    reported = [m for t in model.tasks if task in ("mean", t.name) for m in t.metrics]
+    if metric not in reported:
+        whose = "any task" if task == "mean" else f"task {task!r}"
+        raise unknown_name(
+            f"metric (not reported by {whose})", metric, sorted(set(reported)), where=f"train.monitor {monitor!r}"
+        )
     return task, metric, M.higher_is_better(metric)
 
 
@@ -114,15 +192,23 @@ def monitored_value(scores: dict[str, dict[str, float]], task: str, metric: str)
     if task == "mean":
         vals = [s[metric] for s in scores.values() if metric in s]
         return float(np.mean(vals)) if vals else float("nan")
-    return scores[task][metric]
+    return float(scores[task][metric])
+
+
+# fields of TrainConfig a resume may change: the new value is what the rest of the run uses
+RESUME_MAY_CHANGE = ("epochs", "eval_batch_size", "checkpoint_every", "threads", "progress", "patience")
 
 
 class Trainer:
     """Trains one model on a train split with validation-only model selection.
 
     Files in ``out_dir``: ``last.pt`` (everything needed to resume exactly: model, optimizers, weighting state,
-    RNG state, epoch and batch position, early-stopping state), ``best.pt`` (the best validation model),
-    ``log.jsonl`` (one JSON object per epoch). All checkpoint writes are atomic.
+    RNG state, epoch and batch position, early-stopping state and history, as they were right after the last
+    completed step), ``last.prev.pt`` (the one before), ``best.pt`` (the best validation model), ``log.jsonl`` (one
+    JSON object per finished epoch, epochs 1-based) and, when ``run_info`` is given, ``run.json`` (written right
+    after the first checkpoint of a new run, so a rerun that fails before that leaves the old run untouched). All
+    writes are atomic; stale ``*.tmp`` files of killed writes are removed when ``fit`` starts. SIGINT / SIGTERM
+    during ``fit`` finish the current step, save ``last.pt`` and raise :class:`~mtlrec.errors.RunInterrupted`.
     """
 
     def __init__(
@@ -131,11 +217,16 @@ class Trainer:
         config: TrainConfig,
         out_dir: str | Path | None = None,
         weighting: WeightingStrategy | None = None,
+        *,
+        run_info: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.cfg = config
+        config.validate()
         check_precision(config.precision)
         self.out_dir = Path(out_dir) if out_dir else None
+        self.run_info = run_info
+        self.monitor_task, self.monitor_metric, self.higher_better = resolve_monitor(model, config.monitor)
         if config.threads:
             torch.set_num_threads(config.threads)
         self.optimizers = build_optimizers(
@@ -150,16 +241,18 @@ class Trainer:
         extra = self.weighting.parameters()  # learnable weighting state (uncertainty's log σ², GradNorm's w)
         if extra:
             self.optimizers.append(torch.optim.Adam(extra, lr=self.weighting.lr or config.lr))
-        self.monitor_task, self.monitor_metric, self.higher_better = resolve_monitor(model, config.monitor)
         self.state: dict[str, Any] = {
-            "epoch": 0,
-            "batch": 0,
+            "epoch": 0,  # epochs completed
+            "batch": 0,  # batches completed in the current epoch
             "step": 0,
             "best_value": None,
-            "best_epoch": -1,
+            "best_epoch": 0,  # 1-based; 0 = none yet
             "bad_epochs": 0,
             "history": [],
         }
+        self._resumed = False
+        self._run_files_written = False  # run.json written (or the run folder claimed) by this run
+        self._stop_signal: int | None = None
 
     @property
     def monitor(self) -> str:
@@ -175,44 +268,193 @@ class Trainer:
         total = self.weighting.combine(losses, self.state["epoch"])
         for aux in out.aux_losses.values():
             total = total + aux.float()
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"loss became {total.item()} at step {self.state['step']}; lower the lr")
+        loss = self.checked_loss(total, batch)
         self.weighting.backward(total, losses, self.model.shared_parameters())
         if self.cfg.grad_clip:
             dense = [p for p in self.model.parameters() if p.grad is not None and not p.grad.is_sparse]
             torch.nn.utils.clip_grad_norm_(dense, self.cfg.grad_clip)
         for opt in self.optimizers:
             opt.step()
-        return float(total.detach()), losses.detach()
+        return loss, losses.detach()
+
+    def checked_loss(self, total: torch.Tensor, batch) -> float:
+        """The step's loss as a float; :class:`~mtlrec.errors.NonFiniteLoss` when it is NaN/inf. Called before the
+        backward pass, so a bad batch never reaches the weights and the last checkpoint stays the last good state.
+        One host read per step (the loss is logged anyway); a device path may pace this read."""
+        loss = float(total.detach())
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(self._non_finite_cause(batch, loss))
+        return loss
+
+    def _non_finite_cause(self, batch, loss: float) -> str:
+        s = self.state
+        where = f"at step {s['step'] + 1} (epoch {s['epoch'] + 1}, batch {s['batch'] + 1})"
+        names = list(getattr(self.model.layout, "numeric", ()))
+        bad_num = (~torch.isfinite(batch.num)).any(0) if batch.num.numel() else torch.zeros(0, dtype=torch.bool)
+        if bool(bad_num.any()):
+            cols = [names[j] if j < len(names) else f"#{j}" for j in bad_num.nonzero().flatten().tolist()]
+            return (
+                f"loss became {loss} {where}: numeric input column {cols[0]!r} holds a non-finite value (NaN or inf)"
+                + (f" (also {', '.join(map(repr, cols[1:]))})" if len(cols) > 1 else "")
+                + "; clean or clip that column in the data"
+            )
+        bad_lab = (~torch.isfinite(batch.labels) & (batch.masks > 0)).any(0)
+        if bool(bad_lab.any()):
+            task = self.model.task_names[int(bad_lab.nonzero().flatten()[0])]
+            return (
+                f"loss became {loss} {where}: label column of task {task!r} holds a non-finite value (NaN or inf); "
+                "fix that label column in the data"
+            )
+        lr = self.cfg.lr if self.cfg.embedding_lr is None else f"{self.cfg.lr} (embedding_lr {self.cfg.embedding_lr})"
+        clip = f"train.grad_clip (now {self.cfg.grad_clip})" if self.cfg.grad_clip else "set train.grad_clip"
+        return (
+            f"loss became {loss} {where} with lr {lr}: the training diverged; lower train.lr or {clip}; "
+            "the last checkpoint is the last good state"
+        )
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
     def _checkpoint_state(self) -> dict[str, Any]:
+        """Tensors and plain values only (loadable with ``weights_only=True``)."""
         return {
             "model": self.model.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
             "weighting": self.weighting.state_dict(),
-            "trainer": dict(self.state),
+            "trainer": _plain(dict(self.state)),
             "rng_torch": torch.get_rng_state(),
-            "config": asdict(self.cfg),
+            "config": _plain(asdict(self.cfg)),
+            "run_info_json": _run_info_json(self.run_info),
         }
 
     def save_last(self) -> None:
         if self.out_dir:
-            ckpt.atomic_save(self._checkpoint_state(), self.out_dir / "last.pt")
+            self._claim_run_folder()
+            ckpt.save_rotating(self._checkpoint_state(), self.out_dir / "last.pt")
+            self._write_run_info()
+
+    def _save_best(self, epoch: int, value: float) -> None:
+        if self.out_dir:
+            self._claim_run_folder()
+            state = {
+                "model": self.model.state_dict(),
+                "epoch": epoch,
+                "monitor": self.monitor,
+                "value": _plain(value),
+                "run_info_json": _run_info_json(self.run_info),
+            }
+            ckpt.atomic_save(state, self.out_dir / "best.pt")
+            self._write_run_info()
+
+    def _claim_run_folder(self) -> None:
+        """Before the first checkpoint of a new (not resumed) run: remove the files of an earlier run in the same
+        folder, so the folder never mixes old weights with new metadata (a rerun that fails before this point
+        leaves the earlier run whole)."""
+        if self._run_files_written or self._resumed or not self.out_dir:
+            return
+        stale = ["last.pt", ckpt.prev_path("last.pt").name, "best.pt", "log.jsonl", "result.json"]
+        if self.run_info is not None:
+            stale.append("run.json")
+        for name in stale:
+            (self.out_dir / name).unlink(missing_ok=True)
+
+    def _write_run_info(self) -> None:
+        if not self._run_files_written and self.out_dir:
+            if self.run_info is not None:
+                ckpt.atomic_write_text(self.out_dir / "run.json", json.dumps(self.run_info, indent=2, default=str))
+            self._run_files_written = True
 
     def resume(self, path: str | Path | None = None) -> bool:
-        """Restore from ``last.pt`` (or ``path``); returns False when there is nothing to resume."""
+        """Restore from ``last.pt`` (or ``path``); returns False when there is nothing to resume. A damaged or
+        missing ``last.pt`` falls back to ``last.prev.pt`` with a warning; when neither loads, ``UserError``. A
+        checkpoint whose model, run metadata or training settings differ from this trainer's is refused with the
+        differences listed (settings in :data:`RESUME_MAY_CHANGE` may change: the new value is used)."""
         path = Path(path) if path else (self.out_dir / "last.pt" if self.out_dir else None)
-        if path is None or not path.exists():
+        if path is None or not (path.exists() or ckpt.prev_path(path).exists()):
             return False
-        state = ckpt.load(path)
-        self.model.load_state_dict(state["model"])
-        for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(s)
-        self.weighting.load_state_dict(state["weighting"])
-        self.state = dict(state["trainer"])
-        torch.set_rng_state(state["rng_torch"])
+        state, used = ckpt.load_with_fallback(path, warn=lambda m: warnings.warn(m, RuntimeWarning, stacklevel=3))
+        self._check_resumable(state, used)
+        try:
+            self.model.load_state_dict(state["model"])
+            for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
+                opt.load_state_dict(s)
+            self.weighting.load_state_dict(state["weighting"])
+            trainer = dict(state["trainer"])
+            rng = state["rng_torch"]
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            detail = " ".join(str(e).split())[:240] or type(e).__name__
+            raise UserError(
+                f"{used}: cannot resume: the checkpoint does not match the configured model ({detail})"
+            ) from None
+        self.state = trainer
+        torch.set_rng_state(rng)
+        self._resumed = True
+        self._run_files_written = True
+        if self.out_dir:
+            self._restore_run_info(state)
         return True
+
+    def _check_resumable(self, state: dict[str, Any], used: Path) -> None:
+        saved_cfg = state.get("config") or {}
+        now = _plain(asdict(self.cfg))
+        diff = [
+            f"train.{k}: {saved_cfg[k]!r} -> {now[k]!r}"
+            for k in now
+            if k in saved_cfg and k not in RESUME_MAY_CHANGE and saved_cfg[k] != now[k]
+        ]
+        saved_info = json.loads(state["run_info_json"]) if state.get("run_info_json") else None
+        if saved_info is not None and self.run_info is not None:
+            mine = json.loads(_run_info_json(self.run_info))
+            diff += [
+                f"{k} differs"
+                for k in sorted(set(saved_info) | set(mine))
+                if k != "train" and saved_info.get(k) != mine.get(k)
+            ]
+        if diff:
+            raise UserError(
+                f"{used}: cannot resume: the run was started with other settings ({'; '.join(diff)}); "
+                "rerun without --resume to start over, or restore the original settings"
+            )
+
+    def _restore_run_info(self, state: dict[str, Any]) -> None:
+        """``run.json`` belongs with the checkpoint: rewrite it when a kill left it missing or out of date."""
+        text = state.get("run_info_json")
+        if not text:
+            return
+        target = self.out_dir / "run.json"
+        info = json.loads(text)
+        try:
+            current = json.loads(target.read_text())
+        except (OSError, ValueError):
+            current = None
+        if current != info:
+            ckpt.atomic_write_text(target, json.dumps(info, indent=2, default=str))
+
+    # ---- checks before the first step ----------------------------------------------------------------------
+    def check_data(self, train: EncodedData, valid: EncodedData) -> None:
+        """``UserError`` before any training for splits the run cannot learn from or select on: an empty split, a
+        task whose mask selects no training rows, a monitored binary task with one class in validation."""
+        if len(train) == 0:
+            raise UserError("the training split has no rows")
+        if len(valid) == 0:
+            raise UserError("the validation split has no rows (model selection needs it)")
+        train_rows = (np.asarray(train.masks) > 0).sum(0)
+        for j, t in enumerate(self.model.tasks):
+            if train_rows[j] == 0:
+                col = f"its mask column {t.mask!r} is never 1" if t.mask else "no row is labelled"
+                raise UserError(f"task {t.name!r}: no training rows ({col}); fix the mask column or drop the task")
+        if self.monitor_metric not in ("auc", "gauc"):
+            return
+        labels, masks = np.asarray(valid.labels), np.asarray(valid.masks) > 0
+        for j, t in enumerate(self.model.tasks):
+            if self.monitor_task not in ("mean", t.name) or self.monitor_metric not in t.metrics:
+                continue
+            y = labels[masks[:, j], j]
+            if y.size == 0 or y.min() == y.max():
+                what = "no rows" if y.size == 0 else f"only label {float(y[0]):g}"
+                others = [f"{t.name}.{m}" for m in t.metrics if m != self.monitor_metric] or ["another task"]
+                raise UserError(
+                    f"train.monitor {self.monitor!r}: the validation split has {what} for task {t.name!r}, so its "
+                    f"{self.monitor_metric.upper()} is undefined; monitor {others[0]} or another task"
+                )
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def fit(
@@ -222,90 +464,140 @@ class Trainer:
         *,
         max_steps: int | None = None,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+        on_step: Callable[[int, float], None] | None = None,
     ) -> FitResult:
         """Train until ``epochs`` or early stopping. ``max_steps`` stops after that many optimisation steps in
-        total (the last checkpoint is written first), as an interruption would."""
+        total (the last checkpoint is written first), as an interruption would. ``on_step(step, loss)`` is called
+        after every completed step (``step`` 1-based), ``on_epoch_end(record)`` after every epoch's checkpoint."""
         cfg = self.cfg
-        if self.state["step"] == 0 and self.state["batch"] == 0:
+        self.check_data(train, valid)
+        if self.out_dir:
+            ckpt.remove_stale_tmp(self.out_dir)
+            if self._resumed:
+                self._write_log()  # a kill between last.pt and log.jsonl left the log one epoch short
+        if not self._resumed and self.state["step"] == 0 and self.state["batch"] == 0:
             torch.manual_seed(cfg.seed)
         it = BatchIterator(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        num_batches = it.num_batches()
         self.model.train()
-        stopped_early = False
-        while self.state["epoch"] < cfg.epochs:
-            epoch = self.state["epoch"]
-            t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
-            if self.state["batch"] == 0 or "epoch_task_loss" not in self.state:
-                # per-task loss sums of this epoch (in the state so a mid-epoch resume keeps them exact)
-                self.state["epoch_task_loss"] = torch.zeros(len(self.model.tasks), dtype=torch.float64)
-                self.state["epoch_batches"] = 0
-            bar = _progress(it.num_batches(), self.state["batch"], f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
-            try:
-                for batch in it.epoch(epoch, start_batch=self.state["batch"]):
-                    loss, task_losses = self.train_step(batch)
-                    self.state["epoch_task_loss"] += task_losses.double().cpu()
-                    self.state["epoch_batches"] += 1
-                    self.state["batch"] += 1
-                    self.state["step"] += 1
-                    seen += len(batch)
-                    loss_sum, loss_n = loss_sum + loss, loss_n + 1
-                    if bar is not None:
-                        bar.update(1)
-                        if self.state["batch"] % 10 == 0:
-                            bar.set_postfix(  # shown at the next redraw, which mininterval paces
-                                loss=f"{loss_sum / loss_n:.4f}",
-                                samples_s=f"{seen / (time.perf_counter() - t0):,.0f}",
-                                refresh=False,
-                            )
-                    if cfg.checkpoint_every and self.state["step"] % cfg.checkpoint_every == 0:
-                        self.save_last()
-                    if max_steps is not None and self.state["step"] >= max_steps:
-                        self.save_last()
-                        return self._result(stopped_early, interrupted=True)
-            except KeyboardInterrupt:
-                self.save_last()  # nothing lost: resume continues from this batch
-                raise
-            finally:
-                if bar is not None:
-                    bar.close()
-            train_time = time.perf_counter() - t0
-            self.weighting.on_epoch_end((self.state["epoch_task_loss"] / max(self.state["epoch_batches"], 1)).float())
-            scores = evaluate(self.model, valid, cfg.eval_batch_size, cfg.precision)
-            value = monitored_value(scores, self.monitor_task, self.monitor_metric)
-            improved = self._is_improvement(value)
-            if improved:
-                self.state.update(best_value=value, best_epoch=epoch, bad_epochs=0)
-                if self.out_dir:
-                    ckpt.atomic_save(
-                        {"model": self.model.state_dict(), "epoch": epoch, "monitor": self.monitor, "value": value},
-                        self.out_dir / "best.pt",
+        with _StopSignals(self):
+            while self.state["epoch"] < cfg.epochs and not self.state.get("stopped_early"):
+                epoch = self.state["epoch"]
+                if self.state["batch"] == 0 or "epoch_task_loss" not in self.state:
+                    # this epoch's sums, in the state so a mid-epoch resume logs the whole epoch exactly
+                    self.state.update(
+                        epoch_task_loss=torch.zeros(len(self.model.tasks), dtype=torch.float64),
+                        epoch_batches=0,
+                        epoch_loss_sum=0.0,
+                        epoch_samples=0,
+                        epoch_seconds=0.0,
                     )
-                self._best_in_memory = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            else:
-                self.state["bad_epochs"] += 1
-            record = {
-                "epoch": epoch,
-                "step": self.state["step"],
-                "train_loss": loss_sum / max(loss_n, 1),
-                "train_samples_per_s": seen / max(train_time, 1e-9),
-                "train_seconds": train_time,
+                if self._train_epoch(it, epoch, num_batches, max_steps, on_step):
+                    return self._result(interrupted=True)
+                try:
+                    scores = evaluate(
+                        self.model, valid, cfg.eval_batch_size, cfg.precision, should_stop=self._stop_requested
+                    )
+                except EvaluationStopped:
+                    self._interrupt(f"during the validation of epoch {epoch + 1}/{cfg.epochs}")
+                self._end_epoch(epoch, scores)
+                if on_epoch_end:
+                    on_epoch_end(self.state["history"][-1])
+                if self._stop_requested():
+                    self._interrupt(f"after epoch {epoch + 1}/{cfg.epochs}", save=False)
+        return self._result()
+
+    def _train_epoch(self, it, epoch: int, num_batches: int, max_steps, on_step) -> bool:
+        """Train the rest of epoch ``epoch``; True when ``max_steps`` was reached (the checkpoint is written)."""
+        cfg, st = self.cfg, self.state
+        bar = _progress(num_batches, st["batch"], f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
+        t0 = time.perf_counter()
+        try:
+            for batch in it.epoch(epoch, start_batch=st["batch"]):
+                loss, task_losses = self.train_step(batch)
+                st["epoch_task_loss"] += task_losses.double().cpu()
+                st["epoch_batches"] += 1
+                st["epoch_loss_sum"] += loss
+                st["epoch_samples"] += len(batch)
+                st["batch"] += 1
+                st["step"] += 1
+                if bar is not None:
+                    bar.update(1)
+                    if st["batch"] % 10 == 0:
+                        elapsed = st["epoch_seconds"] + time.perf_counter() - t0
+                        bar.set_postfix(  # shown at the next redraw, which mininterval paces
+                            loss=f"{st['epoch_loss_sum'] / st['epoch_batches']:.4f}",
+                            samples_s=f"{st['epoch_samples'] / max(elapsed, 1e-9):,.0f}",
+                            refresh=False,
+                        )
+                if on_step:
+                    on_step(st["step"], loss)
+                if max_steps is not None and st["step"] >= max_steps:
+                    st["epoch_seconds"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    self.save_last()
+                    return True
+                if self._stop_requested():
+                    st["epoch_seconds"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    self._interrupt(f"at epoch {epoch + 1}/{cfg.epochs}, batch {st['batch']}/{num_batches}")
+                if cfg.checkpoint_every and st["step"] % cfg.checkpoint_every == 0:
+                    self.save_last()
+        finally:
+            st["epoch_seconds"] += time.perf_counter() - t0
+            if bar is not None:
+                bar.close()
+        return False
+
+    def _end_epoch(self, epoch: int, scores: dict[str, dict[str, float]]) -> None:
+        """Model selection, the weighting's epoch hook, the epoch's log record (``log.jsonl``) and ``last.pt``."""
+        st = self.state
+        value = monitored_value(scores, self.monitor_task, self.monitor_metric)
+        improved = self._is_improvement(value)
+        if improved:
+            st.update(best_value=value, best_epoch=epoch + 1, bad_epochs=0)
+            self._save_best(epoch + 1, value)
+            self._best_in_memory = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:
+            st["bad_epochs"] += 1
+        self.weighting.on_epoch_end((st["epoch_task_loss"] / max(st["epoch_batches"], 1)).float())
+        record = _plain(
+            {
+                "epoch": epoch + 1,
+                "step": st["step"],
+                "train_loss": st["epoch_loss_sum"] / max(st["epoch_batches"], 1),
+                "train_samples_per_s": st["epoch_samples"] / max(st["epoch_seconds"], 1e-9),
+                "train_seconds": st["epoch_seconds"],
                 "valid": scores,
                 "monitor": self.monitor,
                 "monitor_value": value,
                 "improved": improved,
             }
-            self.state["history"].append(record)
-            self._log(record)
-            if on_epoch_end:
-                on_epoch_end(record)
-            self.state["epoch"] += 1
-            self.state["batch"] = 0
-            if self.state["bad_epochs"] >= cfg.patience:
-                stopped_early = True
-                self.state["epoch"] = cfg.epochs  # a resumed run must not train on
+        )
+        st["history"].append(record)
+        st["epoch"] += 1
+        st["batch"] = 0
+        # once stopped early, a resumed run does not train on (even with more epochs)
+        st["stopped_early"] = st["bad_epochs"] >= self.cfg.patience
+        self.save_last()
+        self._write_log()
+
+    # ---- interruption --------------------------------------------------------------------------------------
+    def _stop_requested(self) -> bool:
+        return self._stop_signal is not None
+
+    def _interrupt(self, where: str, save: bool = True) -> None:
+        if save:
             self.save_last()
-            if stopped_early:
-                break
-        return self._result(stopped_early)
+        sig = self._stop_signal
+        name = signal.Signals(sig).name if sig is not None else "an interrupt"
+        st = self.state
+        saved = (
+            f"saved {self.out_dir / 'last.pt'}; rerun the same command with --resume to continue"
+            if self.out_dir
+            else "nothing saved (no run folder)"
+        )
+        raise RunInterrupted(f"interrupted by {name} {where} (step {st['step']}): {saved}")
 
     def _is_improvement(self, value: float) -> bool:
         best = self.state["best_value"]
@@ -315,21 +607,21 @@ class Trainer:
             return True
         return value > best + self.cfg.min_delta if self.higher_better else value < best - self.cfg.min_delta
 
-    def _result(self, stopped_early: bool, interrupted: bool = False) -> FitResult:
+    def _result(self, interrupted: bool = False) -> FitResult:
         return FitResult(
             self.state["best_epoch"],
             self.state["best_value"],
             self.monitor,
             list(self.state["history"]),
-            stopped_early,
+            bool(self.state.get("stopped_early", False)),
             interrupted,
         )
 
-    def _log(self, record: dict[str, Any]) -> None:
+    def _write_log(self) -> None:
+        """``log.jsonl`` rewritten from the saved history: each finished epoch exactly once, in order."""
         if self.out_dir:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / "log.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            text = "".join(json.dumps(r) + "\n" for r in self.state["history"])
+            ckpt.atomic_write_text(self.out_dir / "log.jsonl", text)
 
     def load_best(self) -> None:
         """Load the best validation weights (from ``best.pt`` or memory) into the model."""
@@ -337,6 +629,54 @@ class Trainer:
             self.model.load_state_dict(ckpt.load(self.out_dir / "best.pt")["model"])
         elif getattr(self, "_best_in_memory", None) is not None:
             self.model.load_state_dict(self._best_in_memory)
+
+
+class _StopSignals:
+    """While training: SIGINT and SIGTERM only set a flag, so the current step (or checkpoint write) finishes and
+    the trainer saves the state of the last completed step before it stops. A second SIGINT raises
+    ``KeyboardInterrupt`` at once. Only the main thread can install handlers; elsewhere this does nothing."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.trainer._stop_signal is not None:
+            raise KeyboardInterrupt
+        self.trainer._stop_signal = signum
+
+    def __enter__(self) -> _StopSignals:
+        self.trainer._stop_signal = None
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+
+def _plain(x: Any) -> Any:
+    """Numpy scalars/arrays to Python numbers/lists, recursively (tensors are kept): what ``weights_only`` loads."""
+    if isinstance(x, dict):
+        return {str(k) if not isinstance(k, (str, int)) else k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return x
+
+
+def _run_info_json(info: dict[str, Any] | None) -> str | None:
+    return json.dumps(info, default=str, sort_keys=True) if info is not None else None
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
