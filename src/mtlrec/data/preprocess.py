@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mtlrec.data.layout import FeatureLayout, MultiField
+from mtlrec.data.sketch import NumericAccumulator, numeric_stats
+from mtlrec.data.vocab import VocabCounter, VocabLookup, as_string
 from mtlrec.schema import (
     CategoricalFeature,
     MultiValuedFeature,
@@ -33,6 +35,8 @@ class EncodedData:
     masks: np.ndarray  # (N, T) float32, 1 where the row is in the task's sample space
     layout: FeatureLayout
     task_names: list[str]
+    oov: dict[str, int] = field(default_factory=dict)  # per vocabulary field: values encoded as OOV (transform)
+    shuffle_block: int = 0  # > 0: shuffle blocks of this many contiguous rows (see BatchIterator)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -50,11 +54,7 @@ class EncodedData:
 
 
 def _as_string(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        return col
-    if pa.types.is_dictionary(col.type):
-        return pc.cast(col, pa.string())
-    return pc.cast(col, pa.string())
+    return as_string(col)
 
 
 def _column(table: pa.Table, name: str, source: str, role: str) -> pa.ChunkedArray:
@@ -63,16 +63,34 @@ def _column(table: pa.Table, name: str, source: str, role: str) -> pa.ChunkedArr
     return table.column(name)
 
 
-def _to_float(col: pa.ChunkedArray, name: str, source: str, role: str) -> np.ndarray:
+def _row(row_offset: int, idx: int) -> str:
+    return f"data row {row_offset + idx + 1}"
+
+
+def _to_float(
+    col: pa.ChunkedArray, name: str, source: str, role: str, row_offset: int = 0, *, finite: bool = True
+) -> np.ndarray:
+    """float64 values, NaN where missing. ``finite``: an infinite value is refused, naming its row."""
     try:
         arr = pc.cast(col, pa.float64()) if not pa.types.is_floating(col.type) else col
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise SchemaError(f"{source}: column {name!r} ({role}) must be numeric: {exc}") from exc
-    return (
+        raise SchemaError(
+            f"{source}: column {name!r} ({role}) must be numeric: {str(exc).splitlines()[0][:200]}"
+        ) from None
+    x = (
         arr.to_numpy().astype(np.float64, copy=False)
         if arr.null_count == 0
         else np.asarray(pc.fill_null(arr, np.nan).to_numpy(), dtype=np.float64)
     )
+    if finite:
+        bad = np.isinf(x)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise SchemaError(
+                f"{source}: {_row(row_offset, i)}, column {name!r} ({role}): value {x[i]} is not finite; "
+                "numeric inputs must be finite numbers or empty (missing)"
+            )
+    return x
 
 
 def hash_strings(values: pa.ChunkedArray, buckets: int) -> np.ndarray:
@@ -93,54 +111,77 @@ def hash_strings(values: pa.ChunkedArray, buckets: int) -> np.ndarray:
 
 @dataclass
 class Preprocessor:
-    """Vocabularies and statistics fitted on the training split; applied unchanged to validation and test."""
+    """Vocabularies and statistics fitted on the training split; applied unchanged to validation and test.
+
+    ``fit(table)`` fits on one table; ``partial_fit(batch)`` ... ``finish()`` fits the same statistics batch by
+    batch in bounded memory (:mod:`mtlrec.data.vocab`, :mod:`mtlrec.data.sketch`); both give identical results
+    on data below the sketch cap. ``vocab_types`` records the type each vocabulary was fitted on (``int`` or
+    ``string``): values of another type at encoding time are cast to it."""
 
     schema: Schema
     vocabularies: dict[str, list[str]] = field(default_factory=dict)
     numeric_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     fitted: bool = False
+    vocab_types: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._counters: dict[str, VocabCounter] = {}
+        self._numeric: dict[str, NumericAccumulator] = {}
+        self._lookups: dict[str, VocabLookup] = {}
+        self._fit_source = "<train>"
 
     # ---- fit ----------------------------------------------------------------------------------------------
     def fit(self, table: pa.Table, source: str = "<train>") -> Preprocessor:
+        return self.partial_fit(table, source).finish()
+
+    def partial_fit(
+        self, table: pa.Table | pa.RecordBatch, source: str = "<train>", row_offset: int = 0
+    ) -> Preprocessor:
+        """Add one batch of training rows to the counts and statistics (call :meth:`finish` after the last)."""
+        self._fit_source = source
         for f in self.schema.features:
             col = _column(table, f.source, source, f"feature {f.name}")
             if isinstance(f, CategoricalFeature):
                 if f.hash_buckets is None:
-                    self.vocabularies[f.name] = self._fit_vocab(_as_string(col), f.min_count)
+                    self._counters.setdefault(f.name, VocabCounter()).add(col)
             elif isinstance(f, MultiValuedFeature):
                 items = pc.list_flatten(pc.split_pattern(_as_string(col), f.separator))
-                self.vocabularies[f.name] = self._fit_vocab(items, f.min_count)
+                self._counters.setdefault(f.name, VocabCounter()).add(items)
+            else:
+                x = _to_float(col, f.source, source, f"feature {f.name}", row_offset)
+                self._numeric.setdefault(f.name, NumericAccumulator()).add(x)
+        return self
+
+    def finish(self) -> Preprocessor:
+        source = self._fit_source
+        for f in self.schema.features:
+            if isinstance(f, CategoricalFeature | MultiValuedFeature):
+                if isinstance(f, CategoricalFeature) and f.hash_buckets is not None:
+                    continue
+                vocab, kind = self._counters.get(f.name, VocabCounter()).finish(f.min_count)
+                self.vocabularies[f.name] = vocab.to_pylist()
+                self.vocab_types[f.name] = kind if isinstance(f, CategoricalFeature) else "string"
+                self._lookups[f.name] = VocabLookup(vocab, self.vocab_types[f.name])
             else:
                 self.numeric_stats[f.name] = self._fit_numeric(
-                    f, _to_float(col, f.source, source, f"feature {f.name}"), source
+                    f, self._numeric.get(f.name, NumericAccumulator()), source
                 )
+        self._counters, self._numeric = {}, {}
         self.fitted = True
         return self
 
     @staticmethod
-    def _fit_vocab(values: pa.ChunkedArray | pa.Array, min_count: int) -> list[str]:
-        counts = pc.value_counts(values.drop_null() if hasattr(values, "drop_null") else values)
-        vals = counts.field("values")
-        cnt = counts.field("counts").to_numpy()
-        keep = pc.filter(vals, pa.array(cnt >= min_count))
-        return sorted(v for v in keep.to_pylist() if v is not None and v != "")
-
-    @staticmethod
-    def _fit_numeric(f: NumericFeature, x: np.ndarray, source: str) -> dict[str, Any]:
-        finite = x[np.isfinite(x)]
-        if finite.size == 0:
+    def _fit_numeric(f: NumericFeature, acc: NumericAccumulator, source: str) -> dict[str, Any]:
+        if acc.n == 0:
             raise SchemaError(f"{source}: column {f.source!r} (numeric feature {f.name}) has no finite values")
-        stats: dict[str, Any] = {"fill": float(finite.mean())}
-        if f.transform == "log":
-            stats["shift"] = float(finite.min())
-            finite = np.log1p(finite - stats["shift"])
-        if f.transform == "quantile":
-            qs = np.quantile(finite, np.linspace(0, 1, f.n_buckets + 1)[1:-1])
-            stats["boundaries"] = np.unique(qs).tolist()
-        else:
-            stats["mean"] = float(finite.mean())
-            std = float(finite.std())
-            stats["std"] = std if std > 0 else 1.0
+        stats = numeric_stats(f.transform, f.n_buckets, acc)
+        bad = [k for k in ("fill", "mean", "std") if k in stats and not np.isfinite(stats[k])]
+        if bad:
+            big = acc.max if abs(acc.max) >= abs(acc.min) else acc.min
+            raise SchemaError(
+                f"{source}: column {f.source!r} (numeric feature {f.name}): values as large as {big:.3g} overflow "
+                f"its {bad[0]}; rescale the column or use transform: quantile"
+            )
         return stats
 
     # ---- transform ----------------------------------------------------------------------------------------
@@ -165,28 +206,38 @@ class Preprocessor:
                 nums.append(f"{f.name}__missing")
         return FeatureLayout(tuple(cats), multi, tuple(nums), tuple(self.schema.task_names))
 
-    def transform(self, table: pa.Table, source: str = "<data>", *, labels: bool = True) -> EncodedData:
-        """Encode a table. ``labels=False`` encodes features only (for scoring unlabeled data): label and mask
-        columns are then zeros and ones."""
+    def lookup(self, name: str) -> VocabLookup:
+        if name not in self._lookups:
+            self._lookups[name] = VocabLookup(self.vocabularies[name], self.vocab_types.get(name, "string"))
+        return self._lookups[name]
+
+    def transform(
+        self, table: pa.Table | pa.RecordBatch, source: str = "<data>", *, labels: bool = True, row_offset: int = 0
+    ) -> EncodedData:
+        """Encode a table (or one record batch of a stream). ``labels=False`` encodes features only (for scoring
+        unlabeled data): label and mask columns are then zeros and ones. ``row_offset``: the number of data rows
+        before this batch in its file, so an error names the row. The result's ``oov`` counts, per vocabulary
+        field, the rows (or list items) that mapped to the out-of-vocabulary id 0, missing values included."""
         self._check_fitted()
         n = table.num_rows
         cat_cols: list[np.ndarray] = []
         num_cols: list[np.ndarray] = []
         multi: dict[str, np.ndarray] = {}
+        oov: dict[str, int] = {}
         for f in self.schema.features:
             col = _column(table, f.source, source, f"feature {f.name}")
             if isinstance(f, CategoricalFeature):
                 if f.hash_buckets:
                     cat_cols.append(hash_strings(col, f.hash_buckets))
                 else:
-                    cat_cols.append(self._lookup(_as_string(col), self.vocabularies[f.name]))
+                    ids = self.lookup(f.name).encode(col)
+                    oov[f.name] = int(n - np.count_nonzero(ids))
+                    cat_cols.append(ids)
             elif isinstance(f, MultiValuedFeature):
-                multi[f.name] = self._encode_lists(_as_string(col), f, n)
+                multi[f.name], oov[f.name] = self._encode_lists(_as_string(col), f, n)
             else:
-                x = _to_float(col, f.source, source, f"feature {f.name}")
-                missing = ~np.isfinite(x)
-                if missing.all() and n > 0:
-                    raise SchemaError(f"{source}: column {f.source!r} (numeric feature {f.name}) is all missing")
+                x = _to_float(col, f.source, source, f"feature {f.name}", row_offset)
+                missing = np.isnan(x)  # a column missing in every row is filled as training fills it
                 st = self.numeric_stats[f.name]
                 if f.transform == "quantile":
                     b = np.searchsorted(np.asarray(st["boundaries"]), x, side="right") + 1
@@ -201,70 +252,66 @@ class Preprocessor:
                 if f.missing_indicator:
                     num_cols.append(missing.astype(np.float32))
         if labels:
-            label_arr, masks = self._encode_labels(table, source)
+            label_arr, masks = self._encode_labels(table, source, row_offset)
         else:
             label_arr = np.zeros((n, len(self.schema.tasks)), np.float32)
             masks = np.ones_like(label_arr)
         return EncodedData(
-            cat=np.stack(cat_cols, 1) if cat_cols else np.zeros((n, 0), np.int64),
+            cat=np.stack(cat_cols, 1).astype(np.int64, copy=False) if cat_cols else np.zeros((n, 0), np.int64),
             num=np.stack(num_cols, 1) if num_cols else np.zeros((n, 0), np.float32),
             multi=multi,
             labels=label_arr,
             masks=masks,
             layout=self.layout(),
             task_names=self.schema.task_names,
+            oov=oov,
         )
 
-    def _encode_labels(self, table: pa.Table, source: str) -> tuple[np.ndarray, np.ndarray]:
+    def _encode_labels(
+        self, table: pa.Table | pa.RecordBatch, source: str, row_offset: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         n = table.num_rows
         labels = np.zeros((n, len(self.schema.tasks)), np.float32)
         masks = np.ones((n, len(self.schema.tasks)), np.float32)
         for j, t in enumerate(self.schema.tasks):
-            y = _to_float(
-                _column(table, t.label_column, source, f"label of task {t.name}"),
-                t.label_column,
-                source,
-                f"label of task {t.name}",
-            )
+            role = f"label of task {t.name}"
+            y = _to_float(_column(table, t.label_column, source, role), t.label_column, source, role, row_offset)
             if t.mask:
-                m = _to_float(
-                    _column(table, t.mask, source, f"sample-space mask of task {t.name}"),
-                    t.mask,
-                    source,
-                    f"mask of task {t.name}",
-                )
+                role = f"sample-space mask of task {t.name}"
+                m = _to_float(_column(table, t.mask, source, role), t.mask, source, role, row_offset)
                 masks[:, j] = (m == 1).astype(np.float32)
             in_space = masks[:, j] > 0
             if np.isnan(y[in_space]).any():
-                bad = int(np.isnan(y[in_space]).sum())
-                raise SchemaError(f"{source}: label column {t.label_column!r} (task {t.name}) has {bad} missing values")
+                bad = np.flatnonzero(np.isnan(y) & in_space)
+                raise SchemaError(
+                    f"{source}: label column {t.label_column!r} (task {t.name}) has {len(bad)} missing values "
+                    f"(first at {_row(row_offset, int(bad[0]))})"
+                )
             if t.type == "binary":
-                vals = np.unique(y[in_space])
-                wrong = vals[(vals != 0) & (vals != 1)]
-                if wrong.size:
+                wrong = in_space & (y != 0) & (y != 1)
+                if wrong.any():
+                    i = int(np.flatnonzero(wrong)[0])
                     raise SchemaError(
                         f"{source}: label column {t.label_column!r} of binary task {t.name!r} must be 0 or 1; "
-                        f"found {wrong[:5].tolist()}"
+                        f"found {np.unique(y[wrong])[:5].tolist()} (first at {_row(row_offset, i)})"
                     )
             labels[:, j] = np.nan_to_num(y, nan=0.0)
         return labels, masks
 
-    @staticmethod
-    def _lookup(values: pa.ChunkedArray | pa.Array, vocab: list[str]) -> np.ndarray:
-        idx = pc.index_in(values, value_set=pa.array(vocab, pa.string()))
-        return pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
-
-    def _encode_lists(self, col: pa.ChunkedArray, f: MultiValuedFeature, n: int) -> np.ndarray:
-        lists = pc.split_pattern(pc.fill_null(col, ""), f.separator).combine_chunks()
+    def _encode_lists(self, col: pa.ChunkedArray, f: MultiValuedFeature, n: int) -> tuple[np.ndarray, int]:
+        lists = pc.split_pattern(pc.fill_null(col, ""), f.separator)
+        lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
         offsets = lists.offsets.to_numpy()
-        flat = self._lookup(lists.values, self.vocabularies[f.name])
+        items = lists.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+        flat = self.lookup(f.name).encode(items)
         lengths = np.diff(offsets)
         pos = np.arange(len(flat)) - np.repeat(offsets[:-1] - offsets[0], lengths)
         rows = np.repeat(np.arange(n), lengths)
         keep = pos < f.max_len
         out = np.zeros((n, f.max_len), np.int64)
         out[rows[keep], pos[keep]] = flat[keep]
-        return out
+        empty = pc.equal(items, "").to_numpy(zero_copy_only=False) if len(items) else np.zeros(0, bool)
+        return out, int(((flat == 0) & ~empty).sum())
 
     def _check_fitted(self) -> None:
         if not self.fitted:
@@ -272,8 +319,19 @@ class Preprocessor:
 
     # ---- persistence --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"schema": self.schema.to_dict(), "vocabularies": self.vocabularies, "numeric_stats": self.numeric_stats}
+        return {
+            "schema": self.schema.to_dict(),
+            "vocabularies": self.vocabularies,
+            "numeric_stats": self.numeric_stats,
+            "vocab_types": self.vocab_types,
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> Preprocessor:
-        return cls(Schema.from_dict(state["schema"]), state["vocabularies"], state["numeric_stats"], fitted=True)
+        return cls(
+            Schema.from_dict(state["schema"]),
+            state["vocabularies"],
+            state["numeric_stats"],
+            fitted=True,
+            vocab_types=dict(state.get("vocab_types") or {}),
+        )
