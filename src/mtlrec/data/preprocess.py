@@ -93,6 +93,13 @@ def _to_float(
     return x
 
 
+def _stack(cols: list[np.ndarray], n: int, dtype: Any) -> np.ndarray:
+    out = np.empty((n, len(cols)), dtype)
+    for j, c in enumerate(cols):
+        out[:, j] = c
+    return out
+
+
 def hash_strings(values: pa.ChunkedArray, buckets: int) -> np.ndarray:
     """Deterministic FNV-1a-style hash of every string into ``[1, buckets]``, vectorised over rows."""
     strings = _as_string(values).to_numpy(zero_copy_only=False)
@@ -159,7 +166,7 @@ class Preprocessor:
                 if isinstance(f, CategoricalFeature) and f.hash_buckets is not None:
                     continue
                 vocab, kind = self._counters.get(f.name, VocabCounter()).finish(f.min_count)
-                self.vocabularies[f.name] = vocab.to_pylist()
+                self.vocabularies[f.name] = vocab.to_numpy(zero_copy_only=False).tolist()
                 self.vocab_types[f.name] = kind if isinstance(f, CategoricalFeature) else "string"
                 self._lookups[f.name] = VocabLookup(vocab, self.vocab_types[f.name])
             else:
@@ -212,12 +219,20 @@ class Preprocessor:
         return self._lookups[name]
 
     def transform(
-        self, table: pa.Table | pa.RecordBatch, source: str = "<data>", *, labels: bool = True, row_offset: int = 0
+        self,
+        table: pa.Table | pa.RecordBatch,
+        source: str = "<data>",
+        *,
+        labels: bool = True,
+        row_offset: int = 0,
+        id_dtype: Any = np.int64,
     ) -> EncodedData:
         """Encode a table (or one record batch of a stream). ``labels=False`` encodes features only (for scoring
         unlabeled data): label and mask columns are then zeros and ones. ``row_offset``: the number of data rows
         before this batch in its file, so an error names the row. The result's ``oov`` counts, per vocabulary
-        field, the rows (or list items) that mapped to the out-of-vocabulary id 0, missing values included."""
+        field, the rows (or list items) that mapped to the out-of-vocabulary id 0, missing values included.
+        ``id_dtype``: the integer type of the categorical and multi-valued ids (the streaming cache uses the
+        narrowest that holds them)."""
         self._check_fitted()
         n = table.num_rows
         cat_cols: list[np.ndarray] = []
@@ -234,14 +249,14 @@ class Preprocessor:
                     oov[f.name] = int(n - np.count_nonzero(ids))
                     cat_cols.append(ids)
             elif isinstance(f, MultiValuedFeature):
-                multi[f.name], oov[f.name] = self._encode_lists(_as_string(col), f, n)
+                multi[f.name], oov[f.name] = self._encode_lists(_as_string(col), f, n, id_dtype)
             else:
                 x = _to_float(col, f.source, source, f"feature {f.name}", row_offset)
                 missing = np.isnan(x)  # a column missing in every row is filled as training fills it
                 st = self.numeric_stats[f.name]
                 if f.transform == "quantile":
                     b = np.searchsorted(np.asarray(st["boundaries"]), x, side="right") + 1
-                    cat_cols.append(np.where(missing, 0, b).astype(np.int64))
+                    cat_cols.append(np.where(missing, 0, b))
                 else:
                     x = np.where(missing, st["fill"], x)
                     if f.transform == "log":
@@ -257,7 +272,7 @@ class Preprocessor:
             label_arr = np.zeros((n, len(self.schema.tasks)), np.float32)
             masks = np.ones_like(label_arr)
         return EncodedData(
-            cat=np.stack(cat_cols, 1).astype(np.int64, copy=False) if cat_cols else np.zeros((n, 0), np.int64),
+            cat=_stack(cat_cols, n, id_dtype),
             num=np.stack(num_cols, 1) if num_cols else np.zeros((n, 0), np.float32),
             multi=multi,
             labels=label_arr,
@@ -298,7 +313,9 @@ class Preprocessor:
             labels[:, j] = np.nan_to_num(y, nan=0.0)
         return labels, masks
 
-    def _encode_lists(self, col: pa.ChunkedArray, f: MultiValuedFeature, n: int) -> tuple[np.ndarray, int]:
+    def _encode_lists(
+        self, col: pa.ChunkedArray, f: MultiValuedFeature, n: int, id_dtype: Any = np.int64
+    ) -> tuple[np.ndarray, int]:
         lists = pc.split_pattern(pc.fill_null(col, ""), f.separator)
         lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
         offsets = lists.offsets.to_numpy()
@@ -308,7 +325,7 @@ class Preprocessor:
         pos = np.arange(len(flat)) - np.repeat(offsets[:-1] - offsets[0], lengths)
         rows = np.repeat(np.arange(n), lengths)
         keep = pos < f.max_len
-        out = np.zeros((n, f.max_len), np.int64)
+        out = np.zeros((n, f.max_len), id_dtype)
         out[rows[keep], pos[keep]] = flat[keep]
         empty = pc.equal(items, "").to_numpy(zero_copy_only=False) if len(items) else np.zeros(0, bool)
         return out, int(((flat == 0) & ~empty).sum())

@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import glob as globlib
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,20 @@ CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 BATCH_ROWS = 1 << 18
 Inputs = str | Path | Sequence[str | Path]  # a file, a list of files, a glob or a folder
 Progress = Callable[[str, int, int | None], None]  # (phase, rows done, total rows or None)
+
+
+_HOOKS: ContextVar[dict[str, Any] | None] = ContextVar("mtlrec_stream_hooks", default=None)
+
+
+@contextmanager
+def stream_hooks(*, progress: Progress | None = None, rebuild: bool = False) -> Iterator[None]:
+    """Within the block, every streamed preparation (whichever data set reader calls it) reports to
+    ``progress`` and, with ``rebuild``, ignores an existing cache (``mtlrec prepare --force``)."""
+    token = _HOOKS.set({"progress": progress, "rebuild": rebuild})
+    try:
+        yield
+    finally:
+        _HOOKS.reset(token)
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------------
@@ -227,6 +245,42 @@ class FileReader:
         except (pa.ArrowInvalid, OSError):
             pass
         return f"{self.path}: text that is not valid {self.opts.encoding} ({msg}); declare the file's encoding"
+
+
+def prefetch(it: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Items of ``it`` produced by a background thread ``depth`` ahead (reading the next batch overlaps encoding
+    this one: pyarrow releases the GIL); an exception in the producer is raised in the consumer."""
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for x in it:
+                while not stop.is_set():
+                    try:
+                        q.put((None, x), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((None, end))
+        except BaseException as exc:  # handed to the consumer
+            q.put((exc, None))
+
+    t = threading.Thread(target=produce, daemon=True, name="mtlrec-prefetch")
+    t.start()
+    try:
+        while True:
+            exc, x = q.get()
+            if exc is not None:
+                raise exc
+            if x is end:
+                return
+            yield x
+    finally:
+        stop.set()
 
 
 def _valid_utf8(col: pa.Array) -> bool:
@@ -420,6 +474,8 @@ def prepare_stream(
     With ``use_cache=False`` the folder is a fresh temporary one (the caller removes it once loaded)."""
     from mtlrec.data.bundle import default_cache_dir
 
+    hooks = _HOOKS.get() or {}
+    progress = progress or hooks.get("progress")
     opts = ReadOptions.from_dict(read_options)
     spec = SplitSpec.parse(split, split_seed)
     given = {"train": expand_inputs(train, "train")}
@@ -443,7 +499,7 @@ def prepare_stream(
     )
     base = Path(cache_dir or default_cache_dir())
     root = base / f"{name}-{key}"
-    if use_cache and has_cache(root):
+    if use_cache and has_cache(root) and not hooks.get("rebuild"):
         return root, load_splits(root)[1], True
     if not use_cache:
         base.mkdir(parents=True, exist_ok=True)
@@ -479,7 +535,7 @@ def prepare_stream(
     for g in groups:
         first_row = 0
         for r in g.readers:
-            for off, b in r.batches(columns_of(r)):
+            for off, b in prefetch(r.batches(columns_of(r))):
                 if g.split is None:
                     codes = assigner.codes(b, first_row, r.path, off)
                     counts += np.bincount(codes, minlength=3)
@@ -518,6 +574,7 @@ def prepare_stream(
     writer = CacheWriter(root)
     try:
         cat_max = max([v for _, v in layout.categorical], default=1)
+        id_dtype = _int_dtype(max([cat_max] + [m.vocab_size for m in layout.multi_valued]))
         cols: dict[int, dict[str, np.ndarray]] = {}
         n_cat, n_num, n_task = len(layout.categorical), len(layout.numeric), len(schema.tasks)
         for i, k in enumerate(SPLIT_NAMES):
@@ -538,21 +595,20 @@ def prepare_stream(
         for g in groups:
             first_row = 0
             for r in g.readers:
-                for off, b in r.batches(columns_of(r)):
+                for off, b in prefetch(r.batches(columns_of(r))):
                     codes = (
                         assigner.codes(b, first_row, r.path, off)
                         if g.split is None
                         else np.full(b.num_rows, g.split, np.int8)
                     )
-                    table = _as_table(b, transform)
-                    enc = pre.transform(table, source=str(r.path), row_offset=off)
                     for s in np.unique(codes):
                         sel = codes == s
-                        part = enc.take(sel) if not sel.all() else enc
-                        _write(cols[s], part, pos[s])
-                        pos[s] += len(part)
+                        table = _as_table(b if sel.all() else b.filter(pa.array(sel)), transform)
+                        enc = pre.transform(table, source=str(r.path), row_offset=off, id_dtype=id_dtype)
+                        _write(cols[s], enc, pos[s])
+                        pos[s] += len(enc)
                         if s:  # OOV rates are reported for valid and test
-                            _count_oov(oov[s], items[s], pre, schema, table, sel, part)
+                            _count_oov(oov[s], items[s], enc, schema, table)
                     first_row += b.num_rows
                     done += b.num_rows
                     if progress:
@@ -594,33 +650,17 @@ def _write(c: dict[str, np.ndarray], enc: EncodedData, at: int) -> None:
         c[f"multi__{k}"][at:hi] = v
 
 
-def _count_oov(
-    oov: dict[str, int],
-    items: dict[str, int],
-    pre: Preprocessor,
-    schema: Schema,
-    table: pa.Table,
-    sel: np.ndarray,
-    enc: EncodedData,
-) -> None:
-    """OOV counts of one split's rows of a batch: categorical fields per row, multi-valued fields per item."""
-    j = 0
+def _count_oov(oov: dict[str, int], items: dict[str, int], enc: EncodedData, schema: Schema, table: pa.Table) -> None:
+    """Add one batch of a split to the OOV counts: categorical fields per row, multi-valued fields per item."""
     for f in schema.features:
-        if isinstance(f, CategoricalFeature):
-            if f.name in oov:
-                oov[f.name] += int((enc.cat[:, j] == 0).sum())
-                items[f.name] += len(enc)
-            j += 1
-        elif isinstance(f, MultiValuedFeature):
-            col = table.column(f.source).filter(pa.array(sel)) if not sel.all() else table.column(f.source)
-            lists = pc.split_pattern(pc.fill_null(as_string(col), ""), f.separator)
-            flat = pc.list_flatten(lists)
-            n_items = len(flat) - int(pc.sum(pc.equal(flat, "")).as_py() or 0)
-            _, bad = pre._encode_lists(as_string(col), f, len(enc))
-            oov[f.name] += bad
-            items[f.name] += n_items
-        elif f.transform == "quantile":
-            j += 1
+        if f.name not in enc.oov:
+            continue
+        oov[f.name] += enc.oov[f.name]
+        if isinstance(f, MultiValuedFeature):
+            flat = pc.list_flatten(pc.split_pattern(pc.fill_null(as_string(table.column(f.source)), ""), f.separator))
+            items[f.name] += len(flat) - int(pc.sum(pc.equal(flat, "")).as_py() or 0)
+        else:
+            items[f.name] += len(enc)
 
 
 def _known_rows(groups: list[_Group]) -> int | None:
