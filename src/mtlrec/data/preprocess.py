@@ -182,6 +182,8 @@ class Preprocessor:
         if acc.n == 0:
             raise SchemaError(f"{source}: column {f.source!r} (numeric feature {f.name}) has no finite values")
         stats = numeric_stats(f.transform, f.n_buckets, acc)
+        if f.transform == "quantile" and not np.isfinite(stats["fill"]):  # unused by buckets; keep it finite
+            stats["fill"] = float(np.median(acc.values()))
         bad = [k for k in ("fill", "mean", "std") if k in stats and not np.isfinite(stats[k])]
         if bad:
             big = acc.max if abs(acc.max) >= abs(acc.min) else acc.min
