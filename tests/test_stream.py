@@ -201,7 +201,7 @@ def test_failed_write_leaves_no_cache_and_stale_tmp_is_cleaned(tmp_path, monkeyp
 
     monkeypatch.setattr(Preprocessor, "transform", flaky)
     with pytest.raises(RuntimeError, match="killed"):
-        prepare_stream(tiny_schema(), tmp_path / "d.parquet", cache_dir=tmp_path / "c")
+        prepare_stream(tiny_schema(), tmp_path / "d.parquet", cache_dir=tmp_path / "c", read_options={"batch_rows": 64})
     assert list((tmp_path / "c").iterdir()) == []
     monkeypatch.setattr(Preprocessor, "transform", orig)
     root, _, _ = prepare_stream(tiny_schema(), tmp_path / "d.parquet", cache_dir=tmp_path / "c")

@@ -57,10 +57,14 @@ def _as_string(col: pa.ChunkedArray) -> pa.ChunkedArray:
     return as_string(col)
 
 
-def _column(table: pa.Table, name: str, source: str, role: str) -> pa.ChunkedArray:
-    if name not in table.column_names:
+def _column(table: pa.Table | pa.RecordBatch, name: str, source: str, role: str) -> pa.ChunkedArray | pa.Array:
+    idx = table.schema.get_field_index(name)
+    if idx < 0:
         raise SchemaError(f"{source}: missing column {name!r} ({role}); columns present: {table.column_names[:60]}")
-    return table.column(name)
+    col = table.column(idx)
+    if isinstance(col, pa.ChunkedArray) and col.num_chunks == 1:
+        return col.chunk(0)
+    return col
 
 
 def _row(row_offset: int, idx: int) -> str:
@@ -77,11 +81,7 @@ def _to_float(
         raise SchemaError(
             f"{source}: column {name!r} ({role}) must be numeric: {str(exc).splitlines()[0][:200]}"
         ) from None
-    x = (
-        arr.to_numpy().astype(np.float64, copy=False)
-        if arr.null_count == 0
-        else np.asarray(pc.fill_null(arr, np.nan).to_numpy(), dtype=np.float64)
-    )
+    x = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)  # nulls become NaN
     if finite:
         bad = np.isinf(x)
         if bad.any():
@@ -142,21 +142,28 @@ class Preprocessor:
         return self.partial_fit(table, source).finish()
 
     def partial_fit(
-        self, table: pa.Table | pa.RecordBatch, source: str = "<train>", row_offset: int = 0
+        self,
+        table: pa.Table | pa.RecordBatch,
+        source: str = "<train>",
+        row_offset: int = 0,
+        rows: np.ndarray | None = None,
     ) -> Preprocessor:
-        """Add one batch of training rows to the counts and statistics (call :meth:`finish` after the last)."""
+        """Add one batch of training rows to the counts and statistics (call :meth:`finish` after the last).
+        ``rows``: a boolean mask of the batch's training rows (default: all)."""
         self._fit_source = source
+        keep = None if rows is None else pa.array(rows)
         for f in self.schema.features:
             col = _column(table, f.source, source, f"feature {f.name}")
             if isinstance(f, CategoricalFeature):
                 if f.hash_buckets is None:
-                    self._counters.setdefault(f.name, VocabCounter()).add(col)
+                    self._counters.setdefault(f.name, VocabCounter()).add(col, rows)
             elif isinstance(f, MultiValuedFeature):
+                col = col if keep is None else col.filter(keep)
                 items = pc.list_flatten(pc.split_pattern(_as_string(col), f.separator))
                 self._counters.setdefault(f.name, VocabCounter()).add(items)
             else:
                 x = _to_float(col, f.source, source, f"feature {f.name}", row_offset)
-                self._numeric.setdefault(f.name, NumericAccumulator()).add(x)
+                self._numeric.setdefault(f.name, NumericAccumulator()).add(x if rows is None else x[rows])
         return self
 
     def finish(self) -> Preprocessor:

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from mtlrec.data.preprocess import EncodedData, Preprocessor, _to_float
 from mtlrec.data.sketch import NumericAccumulator
 from mtlrec.data.splits import SPLIT_NAMES, assign_by_uniform, key_uniforms, row_uniforms, splitmix64
-from mtlrec.data.store import CacheWriter, cache_key, file_fingerprint, has_cache, load_splits
+from mtlrec.data.store import CacheWriter, ColumnFile, cache_key, file_fingerprint, has_cache, load_splits
 from mtlrec.data.vocab import as_string, is_integer_type
 from mtlrec.errors import did_you_mean
 from mtlrec.schema import CategoricalFeature, MultiValuedFeature, Schema, SchemaError
@@ -440,9 +440,13 @@ def _string_columns(schema: Schema) -> list[str]:
     return [f.source for f in schema.features if isinstance(f, CategoricalFeature | MultiValuedFeature)]
 
 
-def _as_table(batch: pa.RecordBatch, transform: Callable[[pa.Table], pa.Table] | None) -> pa.Table:
-    table = pa.Table.from_batches([batch])
-    return transform(table) if transform else table
+def _as_table(batch: pa.RecordBatch, transform: Callable[[pa.Table], pa.Table] | None) -> pa.Table | pa.RecordBatch:
+    if transform is None:
+        return batch
+    table = transform(pa.Table.from_batches([batch]))
+    if table.num_rows != batch.num_rows:
+        raise RuntimeError(f"a streaming transform must keep every row ({batch.num_rows} in, {table.num_rows} out)")
+    return table
 
 
 @dataclass
@@ -539,12 +543,13 @@ def prepare_stream(
                 if g.split is None:
                     codes = assigner.codes(b, first_row, r.path, off)
                     counts += np.bincount(codes, minlength=3)
-                    tr = b if (codes == 0).all() else b.filter(pa.array(codes == 0))
-                    if tr.num_rows:
-                        table = _as_table(tr, transform)
-                        pre.partial_fit(table, str(r.path), off)
+                    train_rows = codes == 0
+                    if train_rows.any():
+                        table = _as_table(b, transform)
+                        rows = None if train_rows.all() else train_rows
+                        pre.partial_fit(table, str(r.path), off, rows=rows)
                         _, masks = pre._encode_labels(table, str(r.path), off)  # labels checked before pass 2
-                        in_space += (masks > 0).sum(0)
+                        in_space += (masks[train_rows] > 0).sum(0)
                 else:
                     counts[g.split] += b.num_rows
                 first_row += b.num_rows
@@ -575,8 +580,9 @@ def prepare_stream(
     try:
         cat_max = max([v for _, v in layout.categorical], default=1)
         id_dtype = _int_dtype(max([cat_max] + [m.vocab_size for m in layout.multi_valued]))
-        cols: dict[int, dict[str, np.ndarray]] = {}
+        cols: dict[int, dict[str, ColumnFile]] = {}
         n_cat, n_num, n_task = len(layout.categorical), len(layout.numeric), len(schema.tasks)
+        label_sums = np.zeros((3, 2, n_task))  # per split: rows in each task's space, label sum over it
         for i, k in enumerate(SPLIT_NAMES):
             n = int(counts[i])
             c = {
@@ -589,6 +595,7 @@ def prepare_stream(
                 c[f"multi__{m.name}"] = writer.column(k, f"multi__{m.name}", (n, m.max_len), _int_dtype(m.vocab_size))
             cols[i] = c
         pos = np.zeros(3, np.int64)
+        writes = _Writes()
         oov = {i: dict.fromkeys(pre.vocabularies, 0) for i in range(3)}
         items = {i: dict.fromkeys(pre.vocabularies, 0) for i in range(3)}
         done = 0
@@ -601,21 +608,25 @@ def prepare_stream(
                         if g.split is None
                         else np.full(b.num_rows, g.split, np.int8)
                     )
+                    table = _as_table(b, transform)
+                    whole = pre.transform(table, source=str(r.path), row_offset=off, id_dtype=id_dtype)
                     for s in np.unique(codes):
                         sel = codes == s
-                        table = _as_table(b if sel.all() else b.filter(pa.array(sel)), transform)
-                        enc = pre.transform(table, source=str(r.path), row_offset=off, id_dtype=id_dtype)
-                        _write(cols[s], enc, pos[s])
+                        enc = whole if sel.all() else whole.take(sel)
+                        writes.put(cols[s], enc, pos[s])
+                        label_sums[s, 0] += enc.masks.sum(0, dtype=np.float64)
+                        label_sums[s, 1] += (enc.labels * enc.masks).sum(0, dtype=np.float64)
                         pos[s] += len(enc)
                         if s:  # OOV rates are reported for valid and test
-                            _count_oov(oov[s], items[s], enc, schema, table)
+                            _count_oov(oov[s], items[s], pre, enc, schema, table, sel)
                     first_row += b.num_rows
                     done += b.num_rows
                     if progress:
                         progress("encode", done, total)
+        writes.close()
         if not (pos == counts).all():
             raise RuntimeError(f"pass 2 wrote {pos.tolist()} rows, pass 1 counted {counts.tolist()}")
-        summary = _summary(pre, schema, cols, counts, oov, items)
+        summary = _summary(pre, schema, label_sums, counts, oov, items)
         meta = {
             "split": split_desc,
             "rows": {k: int(counts[i]) for i, k in enumerate(SPLIT_NAMES)},
@@ -633,6 +644,8 @@ def prepare_stream(
         }
         writer.commit(manifest)
     except BaseException:
+        if "writes" in locals():
+            writes.close(abort=True)
         writer.abort()
         if not use_cache:
             shutil.rmtree(root.parent, ignore_errors=True)
@@ -640,27 +653,75 @@ def prepare_stream(
     return root, manifest, False
 
 
-def _write(c: dict[str, np.ndarray], enc: EncodedData, at: int) -> None:
-    hi = at + len(enc)
-    c["cat"][at:hi] = enc.cat
-    c["num"][at:hi] = enc.num
-    c["labels"][at:hi] = enc.labels
-    c["masks"][at:hi] = enc.masks
+def _write(c: dict[str, ColumnFile], enc: EncodedData, at: int) -> None:
+    c["cat"].write_rows(at, enc.cat)
+    c["num"].write_rows(at, enc.num)
+    c["labels"].write_rows(at, enc.labels)
+    c["masks"].write_rows(at, enc.masks)
     for k, v in enc.multi.items():
-        c[f"multi__{k}"][at:hi] = v
+        c[f"multi__{k}"].write_rows(at, v)
 
 
-def _count_oov(oov: dict[str, int], items: dict[str, int], enc: EncodedData, schema: Schema, table: pa.Table) -> None:
-    """Add one batch of a split to the OOV counts: categorical fields per row, multi-valued fields per item."""
+class _Writes:
+    """A background thread that writes encoded row blocks (``os.pwrite`` releases the GIL, so writing overlaps
+    encoding the next batch); at most ``depth`` blocks wait, which bounds the memory."""
+
+    def __init__(self, depth: int = 2) -> None:
+        self.q: queue.Queue = queue.Queue(depth)
+        self.error: BaseException | None = None
+        self.t = threading.Thread(target=self._run, daemon=True, name="mtlrec-writer")
+        self.t.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    _write(*item)
+                except BaseException as exc:  # raised in the encoding thread by put/close
+                    self.error = exc
+
+    def put(self, c: dict[str, ColumnFile], enc: EncodedData, at: int) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put((c, enc, int(at)))
+
+    def close(self, abort: bool = False) -> None:
+        if abort:
+            self.error = self.error or RuntimeError("aborted")
+        self.q.put(None)
+        self.t.join()
+        if self.error is not None and not abort:
+            raise self.error
+
+
+def _count_oov(
+    oov: dict[str, int],
+    items: dict[str, int],
+    pre: Preprocessor,
+    enc: EncodedData,
+    schema: Schema,
+    table: pa.Table,
+    sel: np.ndarray,
+) -> None:
+    """Add one split's rows of a batch to the OOV counts: categorical fields per row (id 0, missing included),
+    multi-valued fields per list item (their lists encoded again, for valid/test rows only)."""
+    j = 0
     for f in schema.features:
-        if f.name not in enc.oov:
-            continue
-        oov[f.name] += enc.oov[f.name]
-        if isinstance(f, MultiValuedFeature):
-            flat = pc.list_flatten(pc.split_pattern(pc.fill_null(as_string(table.column(f.source)), ""), f.separator))
+        if isinstance(f, CategoricalFeature):
+            if f.name in oov:
+                oov[f.name] += int(len(enc) - np.count_nonzero(enc.cat[:, j]))
+                items[f.name] += len(enc)
+            j += 1
+        elif isinstance(f, MultiValuedFeature):
+            col = as_string(table.column(f.source).filter(pa.array(sel)))
+            flat = pc.list_flatten(pc.split_pattern(pc.fill_null(col, ""), f.separator))
             items[f.name] += len(flat) - int(pc.sum(pc.equal(flat, "")).as_py() or 0)
-        else:
-            items[f.name] += len(enc)
+            oov[f.name] += pre._encode_lists(col, f, len(col))[1]
+        elif f.transform == "quantile":
+            j += 1
 
 
 def _known_rows(groups: list[_Group]) -> int | None:
@@ -677,7 +738,7 @@ def _known_rows(groups: list[_Group]) -> int | None:
 def _summary(
     pre: Preprocessor,
     schema: Schema,
-    cols: dict[int, dict[str, np.ndarray]],
+    label_sums: np.ndarray,
     counts: np.ndarray,
     oov: dict[int, dict[str, int]],
     items: dict[int, dict[str, int]],
@@ -698,12 +759,7 @@ def _summary(
     for j, t in enumerate(schema.tasks):
         per: dict[str, Any] = {}
         for i, k in enumerate(SPLIT_NAMES):
-            y, m = cols[i]["labels"], cols[i]["masks"]
-            space, pos_sum = 0.0, 0.0
-            for lo in range(0, len(y), 1 << 20):  # chunks: the summary stays bounded too
-                mj = np.asarray(m[lo : lo + (1 << 20), j], dtype=np.float64)
-                space += mj.sum()
-                pos_sum += (np.asarray(y[lo : lo + (1 << 20), j], dtype=np.float64) * mj).sum()
+            space, pos_sum = label_sums[i, 0, j], label_sums[i, 1, j]
             per[k] = {
                 "rows_in_space": int(space),
                 "space_share": round(space / counts[i], 6) if counts[i] else None,

@@ -39,7 +39,9 @@ def as_string(col: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
 
 
 def _combine(col: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
 
 
 class VocabCounter:
@@ -52,7 +54,8 @@ class VocabCounter:
         self.parts: list[pa.Table] = []
         self.pending = 0
 
-    def add(self, col: pa.Array | pa.ChunkedArray) -> None:
+    def add(self, col: pa.Array | pa.ChunkedArray, rows: np.ndarray | None = None) -> None:
+        """Count the values of a batch (``rows``: a boolean mask of the rows to count; missing values skipped)."""
         col = _combine(col)
         if self.kind is None:
             if len(col) == col.null_count:
@@ -60,31 +63,38 @@ class VocabCounter:
             self.kind = "int" if is_integer_type(col.type) else "string"
         if self.kind == "int":
             col = cast_to_int(col)
-        elif self.kind == "string":
-            col = as_string(col)
-        col = col.drop_null()
-        if len(col) == 0:
-            return
-        if self.kind == "int" and self.merged is None and not self.parts:
-            x = col.to_numpy()
-            lo, hi = int(x.min()), int(x.max())
-            if lo >= 0 and hi < DENSE_LIMIT:
-                counts = np.bincount(x, minlength=hi + 1)
-                if self.dense is None:
-                    self.dense = counts
-                else:
-                    if len(counts) > len(self.dense):
-                        counts[: len(self.dense)] += self.dense
-                        self.dense = counts
-                    else:
-                        self.dense[: len(counts)] += counts
+            if col.null_count:
+                col = (col if rows is None else col.filter(pa.array(rows))).drop_null()
+                x = col.to_numpy()
+            else:
+                x = col.to_numpy() if rows is None else col.to_numpy()[rows]
+            if len(x) == 0:
                 return
-            self._spill_dense()
+            if self.merged is None and not self.parts:
+                lo, hi = int(x.min()), int(x.max())
+                if lo >= 0 and hi < DENSE_LIMIT:
+                    self._add_dense(np.bincount(x, minlength=hi + 1))
+                    return
+                self._spill_dense()
+            col = pa.array(x)
+        else:
+            col = as_string(col if rows is None else col.filter(pa.array(rows))).drop_null()
+            if len(col) == 0:
+                return
         vc = pc.value_counts(col)
         self.parts.append(pa.table({"v": vc.field("values"), "n": vc.field("counts")}))
         self.pending += len(vc)
         if self.pending > max(1 << 18, 2 * (0 if self.merged is None else self.merged.num_rows)):
             self._merge()
+
+    def _add_dense(self, counts: np.ndarray) -> None:
+        if self.dense is None:
+            self.dense = counts
+        elif len(counts) > len(self.dense):
+            counts[: len(self.dense)] += self.dense
+            self.dense = counts
+        else:
+            self.dense[: len(counts)] += counts
 
     def _spill_dense(self) -> None:
         if self.dense is not None:
@@ -121,6 +131,8 @@ class VocabCounter:
 
 def cast_to_int(col: pa.Array) -> pa.Array:
     """Values of any type as int64 for an integer vocabulary; what is not an integer becomes null (OOV)."""
+    if col.type == pa.int64():
+        return col
     if is_integer_type(col.type):
         return pc.cast(col, pa.int64())
     if pa.types.is_floating(col.type):
