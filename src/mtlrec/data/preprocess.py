@@ -5,6 +5,9 @@ Every step works on whole columns (pyarrow compute and numpy); there is no per-r
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +96,29 @@ def _to_float(
     return x
 
 
+PARALLEL_MIN_ROWS = 1 << 15
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child makes its own
+
+
+def data_threads() -> int:
+    """Threads that encode fields in parallel (``MTLREC_DATA_THREADS``, default the CPU count, at most 4)."""
+    env = os.environ.get("MTLREC_DATA_THREADS")
+    return max(1, int(env)) if env else max(1, min(4, os.cpu_count() or 1))
+
+
+def _map_fields(fn: Callable[[Any], Any], items: list[Any], n_rows: int) -> list[Any]:
+    """``fn`` over the fields, in worker threads for large batches (pyarrow compute and most numpy kernels
+    release the GIL); results in field order, and the first failing field (in schema order) raises."""
+    global _POOL
+    threads = data_threads()
+    if threads == 1 or n_rows < PARALLEL_MIN_ROWS or len(items) < 2:
+        return [fn(x) for x in items]
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(threads, thread_name_prefix="mtlrec-data"))
+    futures = [_POOL[1].submit(fn, x) for x in items]
+    return [fu.result() for fu in futures]
+
+
 def _stack(cols: list[np.ndarray], n: int, dtype: Any) -> np.ndarray:
     out = np.empty((n, len(cols)), dtype)
     for j, c in enumerate(cols):
@@ -153,17 +179,25 @@ class Preprocessor:
         self._fit_source = source
         keep = None if rows is None else pa.array(rows)
         for f in self.schema.features:
+            _column(table, f.source, source, f"feature {f.name}")
+            if isinstance(f, NumericFeature):
+                self._numeric.setdefault(f.name, NumericAccumulator())
+            elif not (isinstance(f, CategoricalFeature) and f.hash_buckets is not None):
+                self._counters.setdefault(f.name, VocabCounter())
+
+        def add(f: Any) -> None:
             col = _column(table, f.source, source, f"feature {f.name}")
             if isinstance(f, CategoricalFeature):
                 if f.hash_buckets is None:
-                    self._counters.setdefault(f.name, VocabCounter()).add(col, rows)
+                    self._counters[f.name].add(col, rows)
             elif isinstance(f, MultiValuedFeature):
                 col = col if keep is None else col.filter(keep)
-                items = pc.list_flatten(pc.split_pattern(_as_string(col), f.separator))
-                self._counters.setdefault(f.name, VocabCounter()).add(items)
+                self._counters[f.name].add(pc.list_flatten(pc.split_pattern(_as_string(col), f.separator)))
             else:
                 x = _to_float(col, f.source, source, f"feature {f.name}", row_offset)
-                self._numeric.setdefault(f.name, NumericAccumulator()).add(x if rows is None else x[rows])
+                self._numeric[f.name].add(x if rows is None else x[rows])
+
+        _map_fields(add, self.schema.features, table.num_rows)
         return self
 
     def finish(self) -> Preprocessor:
@@ -248,33 +282,35 @@ class Preprocessor:
         num_cols: list[np.ndarray] = []
         multi: dict[str, np.ndarray] = {}
         oov: dict[str, int] = {}
-        for f in self.schema.features:
+        for f in self.schema.features:  # missing columns first, in schema order
+            _column(table, f.source, source, f"feature {f.name}")
+        if any(isinstance(f, CategoricalFeature | MultiValuedFeature) for f in self.schema.features):
+            for f in self.schema.features:
+                if isinstance(f, MultiValuedFeature) or (isinstance(f, CategoricalFeature) and not f.hash_buckets):
+                    self.lookup(f.name)  # built once, before the worker threads share it
+
+        def encode(f: Any) -> tuple[Any, ...]:
             col = _column(table, f.source, source, f"feature {f.name}")
             if isinstance(f, CategoricalFeature):
                 if f.hash_buckets:
-                    cat_cols.append(hash_strings(col, f.hash_buckets))
-                else:
-                    ids = self.lookup(f.name).encode(col)
-                    oov[f.name] = int(n - np.count_nonzero(ids))
-                    cat_cols.append(ids)
-            elif isinstance(f, MultiValuedFeature):
-                multi[f.name], oov[f.name] = self._encode_lists(_as_string(col), f, n, id_dtype)
+                    return ("cat", hash_strings(col, f.hash_buckets), None)
+                ids = self.lookup(f.name).encode(col)
+                return ("cat", ids, int(n - np.count_nonzero(ids)))
+            if isinstance(f, MultiValuedFeature):
+                return ("multi", *self._encode_lists(_as_string(col), f, n, id_dtype))
+            return ("num", *self._encode_numeric(f, col, source, row_offset))
+
+        for f, out in zip(self.schema.features, _map_fields(encode, self.schema.features, n), strict=True):
+            if out[0] == "cat":
+                cat_cols.append(out[1])
+                if out[2] is not None:
+                    oov[f.name] = out[2]
+            elif out[0] == "multi":
+                multi[f.name], oov[f.name] = out[1], out[2]
             else:
-                x = _to_float(col, f.source, source, f"feature {f.name}", row_offset)
-                missing = np.isnan(x)  # a column missing in every row is filled as training fills it
-                st = self.numeric_stats[f.name]
-                if f.transform == "quantile":
-                    b = np.searchsorted(np.asarray(st["boundaries"]), x, side="right") + 1
-                    cat_cols.append(np.where(missing, 0, b))
-                else:
-                    x = np.where(missing, st["fill"], x)
-                    if f.transform == "log":
-                        x = np.log1p(np.maximum(x - st["shift"], 0.0))
-                    if f.transform != "none":
-                        x = (x - st["mean"]) / st["std"]
-                    num_cols.append(x.astype(np.float32))
-                if f.missing_indicator:
-                    num_cols.append(missing.astype(np.float32))
+                if out[1] is not None:
+                    cat_cols.append(out[1])
+                num_cols.extend(out[2])
         if labels:
             label_arr, masks = self._encode_labels(table, source, row_offset)
         else:
@@ -290,6 +326,28 @@ class Preprocessor:
             task_names=self.schema.task_names,
             oov=oov,
         )
+
+    def _encode_numeric(
+        self, f: NumericFeature, col: Any, source: str, row_offset: int
+    ) -> tuple[np.ndarray | None, list[np.ndarray]]:
+        """(bucket ids or None, numeric inputs) of one numeric feature."""
+        x = _to_float(col, f.source, source, f"feature {f.name}", row_offset)
+        missing = np.isnan(x)  # a column missing in every row is filled as training fills it
+        st = self.numeric_stats[f.name]
+        bucket, nums = None, []
+        if f.transform == "quantile":
+            b = np.searchsorted(np.asarray(st["boundaries"]), x, side="right") + 1
+            bucket = np.where(missing, 0, b)
+        else:
+            x = np.where(missing, st["fill"], x)
+            if f.transform == "log":
+                x = np.log1p(np.maximum(x - st["shift"], 0.0))
+            if f.transform != "none":
+                x = (x - st["mean"]) / st["std"]
+            nums.append(x.astype(np.float32))
+        if f.missing_indicator:
+            nums.append(missing.astype(np.float32))
+        return bucket, nums
 
     def _encode_labels(
         self, table: pa.Table | pa.RecordBatch, source: str, row_offset: int = 0
