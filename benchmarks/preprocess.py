@@ -11,7 +11,7 @@ generated in chunks of 1M rows and written as Parquet row groups of 2^18 rows, t
   mean fill and standard scaling, as the DeepCTR-Torch / torch-rechub examples do) on the smallest CSV file, in
   the peers' venv (``benchmarks/peers/setup_peers.sh``; ``--peers-python`` to point elsewhere).
 
-Quick development run (a few seconds): ``python benchmarks/preprocess.py --rows 200000 --quick``.
+Quick run (200,000 rows unless ``--rows`` is given; well under a minute): ``python benchmarks/preprocess.py --quick``.
 The full run (on a quiet machine; see docs/data.md for its duration):
 ``python benchmarks/preprocess.py --rows 2000000,10000000,20000000 --formats parquet,csv --peers``.
 """
@@ -138,9 +138,15 @@ def main() -> None:
     p.add_argument("--formats", default="parquet,csv", help="parquet, csv or both")
     p.add_argument("--workdir", default=None, help="where data and caches go (default: a temporary folder)")
     p.add_argument("--peers", action="store_true", help="also run pandas + LabelEncoder on the smallest CSV")
-    p.add_argument("--peers-python", default=str(Path("/work/peers-venv/bin/python")), help="python with pandas")
+    p.add_argument(
+        "--peers-python",
+        default=str(Path(os.environ.get("PEERS_VENV", "/work/peers-venv")) / "bin" / "python"),
+        help="a python with pandas and scikit-learn (default: the venv of benchmarks/peers/setup_peers.sh)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the generated files")
     args = p.parse_args()
+    if args.quick and args.rows == p.get_default("rows"):
+        args.rows = "200000"
     sizes = [int(x) for x in args.rows.split(",")]
     formats = [f.strip() for f in args.formats.split(",")]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mtlrec-preprocess-"))
