@@ -14,13 +14,44 @@ from typing import Any, Literal
 
 import yaml
 
+from mtlrec.errors import UserError, did_you_mean
+
 NumericTransform = Literal["standardize", "log", "quantile", "none"]
 Pooling = Literal["mean", "sum"]
 TaskType = Literal["binary", "regression"]
 
 
-class SchemaError(ValueError):
-    """A schema or a data file does not fit together; the message names the file, column and expectation."""
+class SchemaError(UserError, ValueError):
+    """A schema or a data file does not fit together; the message names the file, column and expectation.
+
+    A :class:`~mtlrec.errors.UserError` (the CLI prints it on one line, exit status 2) and, for older callers, a
+    ``ValueError``."""
+
+
+_TRANSFORMS = ("standardize", "log", "quantile", "none")
+_POOLINGS = ("mean", "sum")
+
+
+def _choice(where: str, key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SchemaError(
+            f"{where}.{key}: unknown value {value!r}{did_you_mean(str(value), allowed)}; "
+            f"expected one of: {', '.join(allowed)}"
+        )
+
+
+def _positive_int(where: str, key: str, value: Any, *, optional: bool = False, minimum: int = 1) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        extra = " or null" if optional else ""
+        raise SchemaError(f"{where}.{key}: expected an integer >= {minimum}{extra}, got {value!r}")
+
+
+def _check_name(kind: str, name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise SchemaError(f"{kind}: every entry needs a non-empty string 'name', got {name!r}")
+    return f"{kind}.{name}"
 
 
 @dataclass
@@ -37,6 +68,11 @@ class CategoricalFeature:
     min_count: int = 1
     hash_buckets: int | None = None
     kind: Literal["categorical"] = "categorical"
+
+    def __post_init__(self) -> None:
+        where = _check_name("features", self.name)
+        _positive_int(where, "min_count", self.min_count)
+        _positive_int(where, "hash_buckets", self.hash_buckets, optional=True)
 
     @property
     def source(self) -> str:
@@ -60,6 +96,11 @@ class NumericFeature:
     missing_indicator: bool = False
     kind: Literal["numeric"] = "numeric"
 
+    def __post_init__(self) -> None:
+        where = _check_name("features", self.name)
+        _choice(where, "transform", self.transform, _TRANSFORMS)
+        _positive_int(where, "n_buckets", self.n_buckets, minimum=2)
+
     @property
     def source(self) -> str:
         return self.column or self.name
@@ -76,6 +117,14 @@ class MultiValuedFeature:
     pooling: Pooling = "mean"
     min_count: int = 1
     kind: Literal["multi_valued"] = "multi_valued"
+
+    def __post_init__(self) -> None:
+        where = _check_name("features", self.name)
+        _choice(where, "pooling", self.pooling, _POOLINGS)
+        _positive_int(where, "max_len", self.max_len)
+        _positive_int(where, "min_count", self.min_count)
+        if not isinstance(self.separator, str) or not self.separator:
+            raise SchemaError(f"{where}.separator: expected a non-empty string, got {self.separator!r}")
 
     @property
     def source(self) -> str:
@@ -109,8 +158,14 @@ class TaskSpec:
     metrics: list[str] | None = None
 
     def __post_init__(self) -> None:
-        if self.type not in ("binary", "regression"):
-            raise SchemaError(f"task {self.name!r}: type must be 'binary' or 'regression', got {self.type!r}")
+        where = _check_name("tasks", self.name)
+        _choice(where, "type", self.type, ("binary", "regression"))
+        if self.loss is not None:
+            _choice(where, "loss", self.loss, ("bce", "mse"))
+        if self.metrics is not None and (
+            not isinstance(self.metrics, list | tuple) or not all(isinstance(m, str) for m in self.metrics)
+        ):
+            raise SchemaError(f"{where}.metrics: expected a list of metric names, got {self.metrics!r}")
         if self.loss is None:
             self.loss = "bce" if self.type == "binary" else "mse"
         if self.metrics is None:
@@ -170,20 +225,33 @@ class Schema:
         return {"features": [asdict(f) for f in self.features], "tasks": [asdict(t) for t in self.tasks]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Schema:
+    def from_dict(cls, data: dict[str, Any], source: str = "schema") -> Schema:
+        """Build and validate a schema from plain data; every error is one line naming the key path
+        (``features.price.transform``) and the allowed values. ``source`` (a file name) prefixes the message."""
+        try:
+            return cls._from_dict(data)
+        except SchemaError as exc:
+            if source == "schema":
+                raise
+            raise SchemaError(f"{source}: {exc}") from None
+
+    @classmethod
+    def _from_dict(cls, data: Any) -> Schema:
+        if not isinstance(data, dict):
+            raise SchemaError(f"expected a mapping with 'features' and 'tasks', got {type(data).__name__}")
+        unknown_top = set(data) - {"features", "tasks"}
+        if unknown_top:
+            key = sorted(unknown_top)[0]
+            raise SchemaError(
+                f"unknown key {key!r}{did_you_mean(key, ['features', 'tasks'])}; expected features, tasks"
+            )
+        raw_feats, raw_tasks = data.get("features") or [], data.get("tasks") or []
+        if not raw_feats or not raw_tasks:
+            raise SchemaError("an empty schema: 'features' and 'tasks' each need at least one entry")
         feats: list[Feature] = []
-        for raw in data.get("features", []):
-            raw = dict(raw)
-            kind = raw.pop("kind", "categorical")
-            if kind not in _FEATURE_KINDS:
-                raise SchemaError(f"feature {raw.get('name')!r}: unknown kind {kind!r}; use {list(_FEATURE_KINDS)}")
-            klass = _FEATURE_KINDS[kind]
-            allowed = {f.name for f in fields(klass)}
-            unknown = set(raw) - allowed
-            if unknown:
-                raise SchemaError(f"feature {raw.get('name')!r}: unknown keys {sorted(unknown)}")
-            feats.append(klass(**raw))
-        tasks = [TaskSpec(**dict(t)) for t in data.get("tasks", [])]
+        for i, raw in enumerate(raw_feats):
+            feats.append(_build(f"features[{i}]", raw, _FEATURE_KINDS))
+        tasks = [_build(f"tasks[{i}]", raw, {"": TaskSpec}) for i, raw in enumerate(raw_tasks)]
         return cls(features=feats, tasks=tasks)
 
     def save(self, path: str | Path) -> None:
@@ -199,5 +267,39 @@ class Schema:
     def load(cls, path: str | Path) -> Schema:
         path = Path(path)
         text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        return cls.from_dict(data)
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise SchemaError(
+                f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}".replace("\n", " ")
+            ) from None
+        return cls.from_dict(data, source=str(path))
+
+
+def _build(where: str, raw: Any, kinds: dict[str, type]) -> Any:
+    """One feature (``kinds`` by ``kind``) or task (``kinds == {"": TaskSpec}``) from a mapping, unknown keys
+    refused with the nearest valid key."""
+    if not isinstance(raw, dict):
+        raise SchemaError(f"{where}: expected a mapping, got {raw!r}")
+    raw = dict(raw)
+    if "" in kinds:
+        klass = kinds[""]
+    else:
+        kind = raw.pop("kind", "categorical")
+        if kind not in kinds:
+            raise SchemaError(
+                f"{where}.kind: unknown value {kind!r}{did_you_mean(str(kind), kinds)}; "
+                f"expected one of: {', '.join(kinds)}"
+            )
+        klass = kinds[kind]
+    allowed = [f.name for f in fields(klass) if f.name != "kind"]
+    for key in raw:
+        if key not in allowed:
+            name = raw.get("name")
+            at = f"{where.split('[')[0]}.{name}" if isinstance(name, str) and name else where
+            raise SchemaError(
+                f"{at}: unknown key {key!r}{did_you_mean(str(key), allowed)}; expected one of: {', '.join(allowed)}"
+            )
+    if "name" not in raw:
+        raise SchemaError(f"{where}: missing 'name'")
+    return klass(**raw)

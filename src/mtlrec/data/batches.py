@@ -52,10 +52,24 @@ class BatchIterator:
     With ``shuffle``, the order is a permutation drawn from ``seed`` and the epoch number, so any epoch can be
     replayed exactly; ``start_batch`` skips the first batches (used to resume mid-epoch). Without shuffle, batches
     are contiguous slices (zero-copy on memory-mapped arrays until the dtype cast).
+
+    Block shuffle (``block`` rows, default ``data.shuffle_block``; 0 = off): the split is cut into blocks of
+    contiguous rows, the blocks are permuted, and the rows of each window of ``window_blocks`` consecutive
+    (permuted) blocks are shuffled among themselves. A batch then reads from at most a few windows of long
+    contiguous runs (friendly to caches on slow disks), and the order needs memory for one window, not a
+    permutation of every row.
     """
 
     def __init__(
-        self, data: EncodedData, batch_size: int, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False
+        self,
+        data: EncodedData,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        block: int | None = None,
+        window_blocks: int = 16,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -64,6 +78,8 @@ class BatchIterator:
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.block = int(getattr(data, "shuffle_block", 0) if block is None else block)
+        self.window_blocks = max(1, int(window_blocks))
 
     def num_batches(self) -> int:
         n = len(self.data)
@@ -75,11 +91,46 @@ class BatchIterator:
     def order(self, epoch: int) -> np.ndarray | None:
         if not self.shuffle:
             return None
+        if self.block > 0:
+            return np.concatenate(list(self._windows(epoch))) if len(self.data) else np.zeros(0, np.int64)
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
 
+    def _windows(self, epoch: int, first: int = 0) -> Iterator[np.ndarray]:
+        """The block-shuffled order, one window of rows at a time, from window ``first``."""
+        n, b, w = len(self.data), self.block, self.window_blocks
+        n_blocks = -(-n // b)
+        blocks = np.random.default_rng([self.seed, epoch, 1]).permutation(n_blocks)
+        for k in range(first, -(-n_blocks // w)):
+            starts = blocks[k * w : (k + 1) * w] * b
+            rows = np.concatenate([np.arange(s, min(s + b, n)) for s in starts])
+            yield np.random.default_rng([self.seed, epoch, 2, k]).permutation(rows)
+
+    def _block_batches(self, epoch: int, start_batch: int) -> Iterator[np.ndarray]:
+        n, b, w, bs = len(self.data), self.block, self.window_blocks, self.batch_size
+        n_blocks = -(-n // b)
+        blocks = np.random.default_rng([self.seed, epoch, 1]).permutation(n_blocks)
+        sizes = np.minimum(blocks * b + b, n) - blocks * b
+        win_sizes = np.add.reduceat(sizes, np.arange(0, n_blocks, w)) if n_blocks else np.zeros(0, np.int64)
+        ends = np.cumsum(win_sizes)
+        pos = start_batch * bs
+        k = int(np.searchsorted(ends, pos, side="right"))
+        windows = self._windows(epoch, k)
+        buf = np.zeros(0, np.int64)
+        skip = pos - (int(ends[k - 1]) if k else 0)  # rows of window k before the first batch
+        for bi in range(start_batch, self.num_batches()):
+            want = min(bs, n - bi * bs)
+            while len(buf) < skip + want:
+                buf = np.concatenate([buf, next(windows)])
+            yield buf[skip : skip + want]
+            buf, skip = buf[skip + want :], 0
+
     def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[Batch]:
-        order = self.order(epoch)
         n, bs = len(self.data), self.batch_size
+        if self.shuffle and self.block > 0:
+            for idx in self._block_batches(epoch, start_batch):
+                yield Batch.from_arrays(self.data, np.sort(idx))
+            return
+        order = self.order(epoch)
         for b in range(start_batch, self.num_batches()):
             lo, hi = b * bs, min(n, (b + 1) * bs)
             if order is None:

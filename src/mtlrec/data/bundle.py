@@ -15,8 +15,8 @@ from mtlrec.data.layout import FeatureLayout
 from mtlrec.data.preprocess import EncodedData, Preprocessor
 from mtlrec.data.readers import read_table
 from mtlrec.data.splits import random_split
-from mtlrec.data.store import cache_key, has_cache, load_splits, save_splits
-from mtlrec.schema import Schema, TaskSpec
+from mtlrec.data.store import cache_key, file_fingerprint, has_cache, load_splits, save_splits
+from mtlrec.schema import Schema, SchemaError, TaskSpec
 
 
 @dataclass
@@ -67,7 +67,19 @@ def encode_tables(
     sources = sources or {}
     pre = Preprocessor(schema).fit(tables["train"], source=sources.get("train", f"{name}:train"))
     splits = {k: pre.transform(t, source=sources.get(k, f"{name}:{k}")) for k, t in tables.items()}
+    check_sample_spaces(schema, splits["train"], sources.get("train", f"{name}:train"))
     return DataBundle(name, splits, schema, meta, pre.state_dict())
+
+
+def check_sample_spaces(schema: Schema, train: EncodedData, source: str) -> None:
+    """A task whose mask selects no training row cannot be trained: refuse it before training."""
+    space = np.asarray(train.masks).sum(0)
+    for j, t in enumerate(schema.tasks):
+        if space[j] == 0 and len(train):
+            raise SchemaError(
+                f"{source}: task {t.name!r}: its mask column {t.mask!r} selects no training row "
+                "(mask == 1 nowhere); check the column or drop the mask"
+            )
 
 
 def default_cache_dir() -> Path:
@@ -75,8 +87,7 @@ def default_cache_dir() -> Path:
 
 
 def _file_fingerprint(path: str | Path) -> list[Any]:
-    st = Path(path).stat()
-    return [str(Path(path).resolve()), st.st_size, int(st.st_mtime)]
+    return file_fingerprint(path)  # size + mtime_ns + a content digest (see store.content_digest)
 
 
 def load_files(
