@@ -64,15 +64,9 @@ class FitResult:
 def evaluate(
     model: MultiTaskModel, data: EncodedData, batch_size: int = 8192, precision: str = "fp32"
 ) -> dict[str, dict[str, float]]:
-    """Each task's metrics over its sample space (rows whose mask is 1)."""
-    preds = predict(model, data, batch_size, precision)
-    labels, masks = np.asarray(data.labels), np.asarray(data.masks)
-    out: dict[str, dict[str, float]] = {}
-    for j, t in enumerate(model.tasks):
-        keep = masks[:, j] > 0
-        y, p = labels[keep, j], preds[t.name][keep]
-        out[t.name] = {m: M.compute(m, y, p) for m in t.metrics}
-    return out
+    """Each task's metrics over its sample space (rows whose mask is 1), GAUC over the task's ``group`` and a funnel
+    model's CTCVR (:func:`mtlrec.metrics.score_tasks`)."""
+    return M.score_tasks(model, data, predict(model, data, batch_size, precision))
 
 
 @torch.no_grad()
