@@ -430,7 +430,8 @@ def build_criteo_ru(
     "criteo_ru",
     description="DEPHN Criteo-R / Criteo-UR (A.1.1): task1 = 1[c>0], task2 from the related or unrelated "
     "transform of the base confidence c (a DNN logit on a Criteo file, or known c of the Criteo-shaped generator)",
-    source="generated (criteo_like) or a Criteo-format file passed as path (train.txt, tab-separated)",
+    source="generated (criteo_like), or a Criteo-format file as path with confidence= (the DNN logits written by "
+    "python -m mtlrec.recipes.criteo_ru)",
 )
 def load_criteo_ru(
     relation: str = "related",
