@@ -1,7 +1,7 @@
 """Criteo-R / Criteo-UR: DEPHN's two-task data sets made from a base confidence (Kong et al., IJCNN'23, §IV-A;
 MODELS.md A.1.1 and Part G row 7), a reader of the Criteo display-ads format, and a Criteo-shaped generator.
 
-Criteo format (https://www.kaggle.com/c/criteo-display-ad-challenge, ``train.txt``; 46,840,617 rows): the click
+Criteo format (https://www.kaggle.com/c/criteo-display-ad-challenge, ``train.txt``; 45,840,617 rows): the click
 label, 13 integer columns ``I1..I13`` and 26 hashed categorical columns ``C1..C26``, tab-separated, no header;
 an empty field is missing. The 200-row sample in ``../shared/data/samples/criteo_sample.txt`` is comma-separated
 with a header; :func:`read_criteo` reads both.
