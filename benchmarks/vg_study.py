@@ -52,9 +52,10 @@ from common import (  # noqa: E402
     write_results,
 )
 
-from mtlrec.data.datasets.criteo import RELATIONS, base_confidence, build_criteo_ru  # noqa: E402
+from mtlrec.data.datasets.criteo import RELATIONS, build_criteo_ru  # noqa: E402
 from mtlrec.experiment import run_one, summarize, train_config  # noqa: E402
 from mtlrec.plugins.virtual_gradient import RELEVANCE, VARIANTS  # noqa: E402
+from mtlrec.recipes.criteo_ru import base_confidence  # noqa: E402
 
 NAME = "vg_study"
 DATASET = {"related": "criteo_r", "unrelated": "criteo_ur"}

@@ -108,3 +108,40 @@ def test_census_benchmark_config_is_valid():
     train_config(cfg["train"], 0)  # unknown train settings raise
     assert set(cfg["models"]) <= set(mtlrec.list_models())
     assert cfg["data"].get("numeric_transform", "auto") in {"auto", "standardize", "log", "quantile"}
+
+
+def test_census_protocols_choose_the_inputs():
+    from mtlrec.data.datasets.census_income import PROTOCOLS, census_schema
+    from mtlrec.errors import UserError
+
+    def inputs(group, protocol):
+        return {f.name for f in census_schema(group, protocol=protocol).features}
+
+    assert "education" in inputs(1, "mtlrec_v0")  # today's default keeps education in group 1
+    for group in (1, 2):
+        paper = inputs(group, "paper")
+        assert not paper & {"education", "marital_stat", "instance_weight", "income_50k"}
+        assert "det_hh_fam_stat" in paper  # kept, as in the papers' data (spells out "never married")
+    assert inputs(2, "paper") == inputs(2, "mtlrec_v0")
+    assert inputs(1, "mtlrec_v0") - inputs(1, "paper") == {"education"}
+    assert set(PROTOCOLS) == {"paper", "mtlrec_v0"}
+    with pytest.raises(UserError, match="did you mean 'paper'"):
+        census_schema(1, protocol="papers")
+    with pytest.raises(UserError, match="group must be 1 or 2"):
+        census_schema(3)
+
+
+@needs_shared_data("samples/census-income.sample")
+def test_census_paper_protocol_on_the_sample(tmp_path: Path):
+    b = mtlrec.load_dataset(
+        "census_income",
+        data_dir=SAMPLE.parent,
+        train_file=SAMPLE.name,
+        test_file=SAMPLE.name,
+        use_cache=False,
+        protocol="paper",
+    )
+    names = feature_names(b)
+    assert "education" not in names and "marital_stat" not in names
+    assert len(names) == len(COLUMNS) - 4
+    assert b.name == "census_income_g1_paper"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -12,6 +15,7 @@ from mtlrec.data.datasets.criteo import (
     CAT_COLUMNS,
     COLUMNS,
     INT_COLUMNS,
+    build_criteo_ru,
     criteo_like_synthetic,
     label_report,
     read_criteo,
@@ -19,6 +23,10 @@ from mtlrec.data.datasets.criteo import (
     two_task_labels,
     unrelated_latent,
 )
+from mtlrec.errors import UserError
+from mtlrec.recipes.criteo_ru import base_confidence as recipe_base_confidence
+from mtlrec.recipes.criteo_ru import main as recipe_main
+from mtlrec.recipes.criteo_ru import write_confidence
 from mtlrec.schema import SchemaError
 from tests.conftest import SHARED_DATA, needs_shared_data
 
@@ -92,10 +100,58 @@ def test_reader_roundtrip_and_dnn_confidence(tmp_path, synth):
     assert back.column_names == COLUMNS and back.num_rows == 1500
     assert back["I3"].to_pylist() == table["I3"].slice(0, 1500).to_pylist()
     assert back["C5"].to_pylist() == table["C5"].slice(0, 1500).to_pylist()
-    b = load_dataset("criteo_ru", path=str(path), relation="related", dnn=TINY_DNN)
+    conf = write_confidence(path, tmp_path / "c.npy", dnn=TINY_DNN)
+    b = load_dataset("criteo_ru", path=str(path), confidence=str(conf), relation="related")
     assert b.meta["confidence"] == "dnn" and len(b.train) == 1200
     assert abs(b.meta["labels"]["c_mean"] + 1.1) < 0.1
     assert b.meta["labels"]["pearson_c_y"] > 0.9
+    # the recipe's one-call form gives the same data set as the confidence file read back
+    direct = build_criteo_ru(recipe_base_confidence(path, dnn=TINY_DNN), "related")
+    assert direct.meta == {k: v for k, v in b.meta.items() if k not in ("dataset_name", "load_params")}
+    assert np.array_equal(direct.test.labels, b.test.labels) and np.array_equal(direct.test.cat, b.test.cat)
+
+
+def test_criteo_ru_file_needs_the_recipe_confidence(tmp_path, synth):
+    table, _ = synth
+    path = tmp_path / "train.txt"
+    write_criteo_tsv(table.slice(0, 300), path)
+    with pytest.raises(UserError, match="mtlrec.recipes.criteo_ru"):
+        load_dataset("criteo_ru", path=str(path))
+    with pytest.raises(UserError, match="dnn= is a setting of the base-confidence recipe"):
+        load_dataset("criteo_ru", path=str(path), dnn=TINY_DNN)
+    conf = write_confidence(path, tmp_path / "c.npy", dnn=TINY_DNN)
+    assert json.loads(conf.with_suffix(".json").read_text())["rows"] == 300
+    with pytest.raises(UserError, match="fitted on split"):
+        load_dataset("criteo_ru", path=str(path), confidence=str(conf), split_seed=5)
+    with pytest.raises(UserError, match="one per row"):
+        load_dataset("criteo_ru", path=str(path), confidence=str(conf), max_rows=100)
+
+
+def test_recipe_command_line(tmp_path, synth):
+    table, _ = synth
+    path = tmp_path / "train.txt"
+    write_criteo_tsv(table.slice(0, 300), path)
+    argv = [str(path), "--out", str(tmp_path / "c"), "--hidden", "8", "--embedding-dim", "4", "--batch-size", "128"]
+    assert recipe_main(argv) == 0
+    raw = np.load(tmp_path / "c.npy")
+    assert raw.shape == (300,) and np.isfinite(raw).all()
+
+
+def test_data_package_never_trains():
+    """Layering (issue 10): no module under data/ imports the trainer, the models, the plug-ins or a recipe."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "src" / "mtlrec" / "data"
+    banned = ("mtlrec.train", "mtlrec.models", "mtlrec.plugins", "mtlrec.recipes", "mtlrec.experiment")
+    for f in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            bad = [n for n in names if n.startswith(banned)]
+            assert not bad, f"{f.relative_to(root)} imports {bad}"
 
 
 def test_reader_rejects_other_formats(tmp_path):
@@ -112,7 +168,7 @@ def test_criteo_sample_file():
     path = SHARED_DATA / "samples" / "criteo_sample.txt"
     table = read_criteo(path)
     assert table.num_rows == 200 and table.column_names == COLUMNS
-    b = load_dataset("criteo_ru", path=str(path), relation="unrelated", dnn=TINY_DNN)
+    b = build_criteo_ru(recipe_base_confidence(path, dnn=TINY_DNN), "unrelated")
     assert sum(len(v) for v in b.splits.values()) == 200
     assert set(np.unique(b.train.labels)) <= {0.0, 1.0}
     assert np.isfinite(b.meta["labels"]["pearson_c_y"])

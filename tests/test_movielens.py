@@ -87,6 +87,21 @@ def test_movielens_fixture(ml_dir, tmp_path):
     assert [t.name for t in again.tasks] == ["like", "rating"]
 
 
+def test_movielens_gauc_option(ml_dir, tmp_path):
+    from mtlrec.models.registry import create_model
+    from mtlrec.train.trainer import evaluate
+
+    root, _ = ml_dir
+    b = load_dataset("movielens_1m", data_dir=root, cache_dir=tmp_path / "cache", gauc=True)
+    like = b.tasks[0]
+    assert like.group == "user_id" and like.metrics == ["auc", "logloss", "gauc"]
+    scores = evaluate(create_model("mmoe", b, embedding_dim=4), b.valid)
+    assert {"gauc", "gauc_skipped_groups"} <= set(scores["like"])
+    # from the cache the schema (with its group) comes back too
+    again = load_dataset("movielens_1m", data_dir=root, cache_dir=tmp_path / "cache", gauc=True)
+    assert again.tasks[0].group == "user_id"
+
+
 def test_split_seeded(ml_dir, tmp_path):
     root, _ = ml_dir
 

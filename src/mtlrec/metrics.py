@@ -1,4 +1,4 @@
-"""Per-task metrics, the MTL gain and paired significance over seeds."""
+"""Per-task metrics (AUC, GAUC, logloss, regression errors, ESMM's CTCVR), the MTL gain and paired significance."""
 
 from __future__ import annotations
 
@@ -7,7 +7,21 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-HIGHER_IS_BETTER = {"auc": True, "logloss": False, "mse": False, "rmse": False, "mae": False}
+HIGHER_IS_BETTER = {
+    "auc": True,
+    "gauc": True,
+    "logloss": False,
+    "mse": False,
+    "rmse": False,
+    "mae": False,
+    "ctcvr_auc": True,
+    "ctcvr_logloss": False,
+    # reported beside GAUC: how many groups had one class only (left out of the average); fewer is not "better"
+    # for a model, but a monitor on it must still resolve
+    "gauc_skipped_groups": False,
+}
+#: metrics that need the task's group ids (``TaskSpec.group``) besides labels and scores
+GROUPED = {"gauc"}
 
 
 def auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -42,12 +56,140 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
-def compute(name: str, y: np.ndarray, p: np.ndarray) -> float:
+def gauc_detail(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> tuple[float, int, int]:
+    """Group AUC: the AUC within each group (e.g. user), averaged with weights = the group's rows.
+
+    Returns ``(gauc, skipped_groups, used_groups)``. A group whose rows are all positive or all negative has no AUC:
+    it is left out of the average and counted in ``skipped_groups`` (``nan`` when no group has both classes).
+    Vectorised: one sort over ``(group, score)``; tied scores inside a group share their mean rank, so each
+    group's value equals ``roc_auc_score`` on that group's rows (Mann-Whitney U with ties counted one half).
+    """
+    y = np.asarray(y, np.float64).ravel() > 0.5
+    p = np.asarray(p, np.float64).ravel()
+    g = np.asarray(groups).ravel()
+    if not (len(y) == len(p) == len(g)):
+        raise ValueError(f"gauc: labels ({len(y)}), scores ({len(p)}) and groups ({len(g)}) differ in length")
+    if len(y) == 0:
+        return float("nan"), 0, 0
+    _, gid = np.unique(g, return_inverse=True)
+    order = np.lexsort((p, gid))
+    gs, ps, ys = gid[order], p[order], y[order]
+    n = len(gs)
+    pos = np.arange(n)
+    new_group = np.r_[True, gs[1:] != gs[:-1]]
+    group_start = np.maximum.accumulate(np.where(new_group, pos, 0))
+    rank = (pos - group_start + 1).astype(np.float64)  # 1-based rank inside the group
+    new_block = new_group | np.r_[True, ps[1:] != ps[:-1]]
+    block = np.cumsum(new_block) - 1
+    first = np.flatnonzero(new_block)
+    last = np.r_[first[1:], n] - 1
+    midrank = ((rank[first] + rank[last]) / 2.0)[block]  # ties: the mean rank of their block
+    counts = np.bincount(gs).astype(np.float64)
+    n_pos = np.bincount(gs, weights=ys.astype(np.float64))
+    n_neg = counts - n_pos
+    rank_sum = np.bincount(gs, weights=np.where(ys, midrank, 0.0))
+    ok = (n_pos > 0) & (n_neg > 0)
+    skipped = int((~ok).sum())
+    if not ok.any():
+        return float("nan"), skipped, 0
+    auc_g = (rank_sum[ok] - n_pos[ok] * (n_pos[ok] + 1) / 2.0) / (n_pos[ok] * n_neg[ok])
+    w = counts[ok]
+    return float(np.sum(auc_g * w) / np.sum(w)), skipped, int(ok.sum())
+
+
+def gauc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> float:
+    """:func:`gauc_detail` without the counts."""
+    return gauc_detail(y, p, groups)[0]
+
+
+def compute(name: str, y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float:
+    if name in GROUPED:
+        if groups is None:
+            raise ValueError(f"metric {name!r} needs group ids: set the task's 'group' to a categorical feature")
+        return gauc(y, p, groups)
     try:
         fn = METRICS[name]
     except KeyError:
-        raise ValueError(f"unknown metric {name!r}; available: {sorted(METRICS)}") from None
+        raise ValueError(f"unknown metric {name!r}; available: {sorted([*METRICS, *GROUPED])}") from None
     return fn(np.asarray(y, np.float64), np.asarray(p, np.float64))
+
+
+def task_metrics(names: Sequence[str], y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> dict:
+    """``{metric: value}`` for one task's rows; GAUC adds ``gauc_skipped_groups`` (single-class groups left out)."""
+    out: dict[str, float] = {}
+    for m in names:
+        if m in GROUPED:
+            if groups is None:
+                raise ValueError(f"metric {m!r} needs group ids: set the task's 'group' to a categorical feature")
+            value, skipped, _ = gauc_detail(y, p, groups)
+            out[m] = float(value)
+            out["gauc_skipped_groups"] = float(skipped)
+        else:
+            out[m] = float(compute(m, y, p))
+    return out
+
+
+def group_ids(data, group: str | None) -> np.ndarray | None:
+    """The encoded ids of the categorical feature ``group`` for every row of ``data`` (an ``EncodedData``), or
+    ``None`` without a group. Rows whose id is out of vocabulary (0: unseen in training) share one group."""
+    if group is None:
+        return None
+    names = [n for n, _ in data.layout.categorical]
+    if group not in names:
+        raise ValueError(f"task group {group!r} is not a categorical input feature; categorical features: {names[:20]}")
+    return np.asarray(data.cat[:, names.index(group)])
+
+
+def funnel_of(model) -> tuple[list[str], str] | None:
+    """The conversion funnel a model scores, as ``(task names in funnel order, how pCTCVR is formed)``:
+    ``product`` (ESMM: pCTR·pCVR, the CVR head being conditional on a click) or ``last`` (AITM with its calibrator
+    on: the last task's head already scores the whole funnel on every impression). ``None`` for other models. A model may declare
+    ``ctcvr_funnel = (names, how)`` itself; ESMM (``ctr_task``/``cvr_task``) and AITM are recognised as built."""
+    declared = getattr(model, "ctcvr_funnel", None)
+    if declared:
+        return list(declared[0]), str(declared[1])
+    classes = {c.__name__ for c in type(model).__mro__}
+    if "ESMM" in classes:
+        return [model.ctr_task, model.cvr_task], "product"
+    # AITM models a funnel when its calibrator (p(task t) <= p(task t-1)) is on; with it off (e.g. census income ->
+    # marital, not a funnel) the product of the labels would mean nothing
+    if "AITM" in classes and getattr(model, "calibrator_weight", 0) > 0:
+        return list(model.task_names), "last"
+    return None
+
+
+def ctcvr_metrics(
+    labels: np.ndarray, masks: np.ndarray, preds: dict[str, np.ndarray], task_names: Sequence[str], funnel
+) -> dict[str, float]:
+    """ESMM's CTCVR target (``click·purchase``, the product of the funnel's labels) over all exposed rows (the
+    first funnel task's sample space), scored by pCTCVR: ``{"ctcvr_auc", "ctcvr_logloss"}``."""
+    names, how = funnel
+    idx = [list(task_names).index(t) for t in names]
+    keep = np.asarray(masks)[:, idx[0]] > 0
+    target = np.prod(np.asarray(labels)[:, idx], axis=1)[keep]
+    if how == "product":
+        score = np.prod(np.stack([preds[t] for t in names], 1), axis=1)[keep]
+    elif how == "last":
+        score = np.asarray(preds[names[-1]])[keep]
+    else:
+        raise ValueError(f"ctcvr funnel: unknown scoring {how!r}; use 'product' or 'last'")
+    return {"ctcvr_auc": compute("auc", target, score), "ctcvr_logloss": compute("logloss", target, score)}
+
+
+def score_tasks(model, data, preds: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Each task's metrics over its sample space (rows whose mask is 1), GAUC over the task's ``group``, and, for
+    a funnel model (:func:`funnel_of`), ``ctcvr_auc``/``ctcvr_logloss`` in the last funnel task's entry."""
+    labels, masks = np.asarray(data.labels), np.asarray(data.masks)
+    out: dict[str, dict[str, float]] = {}
+    for j, t in enumerate(model.tasks):
+        keep = masks[:, j] > 0
+        needs_group = any(m in GROUPED for m in t.metrics)
+        g = group_ids(data, getattr(t, "group", None)) if needs_group else None
+        out[t.name] = task_metrics(t.metrics, labels[keep, j], preds[t.name][keep], None if g is None else g[keep])
+    funnel = funnel_of(model)
+    if funnel is not None:
+        out[funnel[0][-1]].update(ctcvr_metrics(labels, masks, preds, model.task_names, funnel))
+    return out
 
 
 def higher_is_better(name: str) -> bool:

@@ -146,7 +146,8 @@ class TaskSpec:
     ``label``: the label column (after the data set's label derivation). ``type``: ``binary`` (BCE on the logit)
     or ``regression`` (MSE). ``weight``: its loss weight. ``mask``: the name of a label column whose value 1 marks
     the task's sample space (e.g. CVR is defined only where ``click == 1``); loss and metrics use only those rows.
-    ``metrics``: evaluated on validation and test; the first one is the default selection metric.
+    ``metrics``: evaluated on validation and test; the first one is the default selection metric. ``group``: the
+    categorical feature whose ids group the rows for ``gauc`` (e.g. ``user_id``).
     """
 
     name: str
@@ -156,6 +157,7 @@ class TaskSpec:
     mask: str | None = None
     loss: Literal["bce", "mse"] | None = None
     metrics: list[str] | None = None
+    group: str | None = None
 
     def __post_init__(self) -> None:
         where = _check_name("tasks", self.name)
@@ -170,6 +172,8 @@ class TaskSpec:
             self.loss = "bce" if self.type == "binary" else "mse"
         if self.metrics is None:
             self.metrics = ["auc", "logloss"] if self.type == "binary" else ["mse", "rmse"]
+        if "gauc" in self.metrics and not self.group:
+            raise SchemaError(f"task {self.name!r}: metric 'gauc' needs 'group' (a categorical feature, e.g. user_id)")
 
     @property
     def label_column(self) -> str:
@@ -191,6 +195,10 @@ class Schema:
         task_names = [t.name for t in self.tasks]
         if len(set(task_names)) != len(task_names):
             raise SchemaError(f"duplicate task names in schema: {task_names}")
+        cats = {f.name for f in self.features if isinstance(f, CategoricalFeature)}
+        for t in self.tasks:
+            if t.group and t.group not in cats:
+                raise SchemaError(f"task {t.name!r}: group {t.group!r} is not a categorical feature of the schema")
 
     # ---- views -------------------------------------------------------------------------------------------
     @property

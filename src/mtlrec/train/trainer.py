@@ -128,15 +128,9 @@ def evaluate(
     *,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Each task's metrics over its sample space (rows whose mask is 1), as plain floats."""
-    preds = predict(model, data, batch_size, precision, should_stop=should_stop)
-    labels, masks = np.asarray(data.labels), np.asarray(data.masks)
-    out: dict[str, dict[str, float]] = {}
-    for j, t in enumerate(model.tasks):
-        keep = masks[:, j] > 0
-        y, p = labels[keep, j], preds[t.name][keep]
-        out[t.name] = {m: float(M.compute(m, y, p)) for m in t.metrics}
-    return out
+    """Each task's metrics over its sample space (rows whose mask is 1) as plain floats, GAUC over the task's
+    ``group`` and a funnel model's CTCVR (:func:`mtlrec.metrics.score_tasks`)."""
+    return M.score_tasks(model, data, predict(model, data, batch_size, precision, should_stop=should_stop))
 
 
 @torch.no_grad()

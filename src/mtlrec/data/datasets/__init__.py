@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mtlrec.data.bundle import DataBundle, load_files
+from mtlrec.errors import unknown_name
 
 _DATASETS: dict[str, dict[str, Any]] = {}
 
@@ -29,15 +30,32 @@ def _ensure_loaded() -> None:
         importlib.import_module(mod.name)
 
 
+def dataset_params(fn: Callable) -> dict[str, Any]:
+    """A reader's parameters and their defaults (``inspect.signature``; ``None`` where a parameter is required)."""
+    import inspect
+
+    out: dict[str, Any] = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = None if p.default is p.empty else p.default
+        out[name] = list(default) if isinstance(default, tuple) else default
+    return out
+
+
 def list_datasets() -> dict[str, dict[str, Any]]:
+    """``{name: {"description", "source", "params"}}``; ``params`` maps each parameter to its default."""
     _ensure_loaded()
-    return {k: {"description": v["description"], "source": v["source"]} for k, v in sorted(_DATASETS.items())}
+    return {
+        k: {"description": v["description"], "source": v["source"], "params": dataset_params(v["fn"])}
+        for k, v in sorted(_DATASETS.items())
+    }
 
 
 def load_dataset(name: str, **params: Any) -> DataBundle:
     _ensure_loaded()
     if name not in _DATASETS:
-        raise KeyError(f"unknown data set {name!r}; available: {', '.join(sorted(_DATASETS))}")
+        raise unknown_name("data set", name, _DATASETS)
     bundle = _DATASETS[name]["fn"](**params)
     bundle.meta = {**bundle.meta, "dataset_name": name, "load_params": params}
     return bundle

@@ -1,17 +1,19 @@
 """Criteo-R / Criteo-UR: DEPHN's two-task data sets made from a base confidence (Kong et al., IJCNN'23, §IV-A;
 MODELS.md A.1.1 and Part G row 7), a reader of the Criteo display-ads format, and a Criteo-shaped generator.
 
-Criteo format (https://www.kaggle.com/c/criteo-display-ad-challenge, ``train.txt``; 46,840,617 rows): the click
+Criteo format (https://www.kaggle.com/c/criteo-display-ad-challenge, ``train.txt``; 45,840,617 rows): the click
 label, 13 integer columns ``I1..I13`` and 26 hashed categorical columns ``C1..C26``, tab-separated, no header;
 an empty field is missing. The 200-row sample in ``../shared/data/samples/criteo_sample.txt`` is comma-separated
 with a header; :func:`read_criteo` reads both.
 
 Recipe (A.1.1):
 
-1. Base confidence ``c``: the pre-sigmoid logit of a simple DNN trained on the click label
-   (:func:`dnn_confidence`, trained with mtlrec's own :class:`~mtlrec.train.trainer.Trainer` and the registered
-   ``dnn`` model, early-stopped on the validation split, then applied to every row: the [A] "full-data fit").
-   For the synthetic variant (:func:`criteo_like_synthetic`) ``c`` is known by construction.
+1. Base confidence ``c``: the pre-sigmoid logit of a simple DNN trained on the click label. Training is not done
+   here (``data/`` never trains a model): the recipe :mod:`mtlrec.recipes.criteo_ru` fits the registered ``dnn``
+   (early-stopped on the validation split, then applied to every row: the [A] "full-data fit") and writes the raw
+   logits to a confidence file (``.npy`` plus a ``.json`` record of the fit and the split), which
+   :func:`base_confidence` reads (``confidence=``). For the synthetic variant (:func:`criteo_like_synthetic`) ``c``
+   is known by construction.
 2. ``c`` is standardised (train-split moments) and mapped to ``c_loc + c_scale·z`` (default ``N(−1.1, 1)``: the
    [A] logit distribution under which the paper's correlations 0.9877 / 0.5288 are reproduced; a standardised
    ``N(0, 1)`` gives 0.99 / 0.91 instead). ``c_loc=None`` keeps the raw logit.
@@ -28,6 +30,7 @@ Everything is vectorised numpy/pyarrow (no per-row Python) and needs no network.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +38,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.special import ndtri
 
 from mtlrec.data.bundle import DataBundle, encode_tables
 from mtlrec.data.datasets import register_dataset
 from mtlrec.data.readers import read_table
 from mtlrec.data.splits import random_split
+from mtlrec.errors import UserError, unknown_name
 from mtlrec.schema import CategoricalFeature, NumericFeature, Schema, SchemaError, TaskSpec
 
 NUM_INT, NUM_CAT = 13, 26
@@ -49,16 +54,6 @@ CAT_COLUMNS = [f"C{i}" for i in range(1, NUM_CAT + 1)]
 COLUMNS = ["label", *INT_COLUMNS, *CAT_COLUMNS]
 RELATIONS = ("related", "unrelated")
 LABELINGS = ("threshold", "bernoulli")
-#: [A] the DNN of A.1.1 step 1 (MODELS.md: 400-400-400, emb 16, 1 epoch, Adam 1e-3); early stopping on validation
-DNN_DEFAULTS: dict[str, Any] = {
-    "hidden": (400, 400, 400),
-    "embedding_dim": 16,
-    "epochs": 1,
-    "batch_size": 1024,
-    "lr": 1e-3,
-    "seed": 0,
-    "patience": 1,
-}
 
 
 # ---- the transforms of A.1.1 -----------------------------------------------------------------------------------
@@ -273,56 +268,6 @@ def _split_tables(table: pa.Table, parts: list[np.ndarray]) -> dict[str, pa.Tabl
     return {k: table.take(p) for k, p in zip(("train", "valid", "test"), parts, strict=True)}
 
 
-# ---- step 1: the DNN base confidence ----------------------------------------------------------------------------
-def dnn_confidence(
-    table: pa.Table,
-    parts: list[np.ndarray],
-    *,
-    min_count: int = 1,
-    hash_buckets: int | None = None,
-    **dnn: Any,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """A.1.1 step 1: train the registered ``dnn`` on the click ``label`` (train split, early stopping on the
-    validation AUC) and return its raw logit for every row of ``table`` plus a record of the fit."""
-    from mtlrec.experiment import seed_everything
-    from mtlrec.models.registry import create_model
-    from mtlrec.train.trainer import TrainConfig, Trainer, evaluate, predict
-
-    unknown = set(dnn) - set(DNN_DEFAULTS) - {"threads"}
-    if unknown:
-        raise TypeError(f"dnn_confidence does not take {sorted(unknown)}; it takes {sorted(DNN_DEFAULTS)}")
-    cfg = {**DNN_DEFAULTS, **dnn}
-    schema = criteo_schema([TaskSpec("click", label="label")], min_count=min_count, hash_buckets=hash_buckets)
-    bundle = encode_tables("criteo_click", schema, _split_tables(table, parts), {})
-    seed_everything(cfg["seed"])
-    model = create_model(
-        "dnn", bundle, dnn_hidden=tuple(cfg["hidden"]), embedding_dim=cfg["embedding_dim"], tower_hidden=()
-    )
-    train = TrainConfig(
-        epochs=cfg["epochs"],
-        batch_size=cfg["batch_size"],
-        lr=cfg["lr"],
-        seed=cfg["seed"],
-        monitor="click.auc",
-        patience=cfg["patience"],
-        progress=False,
-        threads=cfg.get("threads"),
-    )
-    trainer = Trainer(model, train)
-    fit = trainer.fit(bundle.train, bundle.valid)
-    trainer.load_best()
-    raw = np.zeros(table.num_rows)
-    for name, rows in zip(("train", "valid", "test"), parts, strict=True):
-        raw[rows] = predict(model, bundle.splits[name], logits=True)["click"]
-    info = {
-        "model": "dnn",
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-        "best_epoch": fit.best_epoch,
-        "valid_click": evaluate(model, bundle.valid)["click"],
-    }
-    return raw, info
-
-
 # ---- registered data sets ---------------------------------------------------------------------------------------
 @register_dataset(
     "criteo_like",
@@ -330,10 +275,29 @@ def dnn_confidence(
     "base confidence c; one task, click ~ Bernoulli(sigmoid(c))",
     source="generated",
 )
-def load_criteo_like(**params: Any) -> DataBundle:
-    """The generator's table with its click label as the one task ``click``; ``params``: those of
-    :func:`base_confidence` without ``path`` (``rows, seed, noise, max_vocab, c_loc, c_scale, split, split_seed``)."""
-    base = base_confidence(None, **params)
+def load_criteo_like(
+    rows: int = 200_000,
+    seed: int = 0,
+    noise: float = 0.0,
+    max_vocab: int = 20_000,
+    c_loc: float | None = -1.1,
+    c_scale: float = 1.0,
+    split: tuple = (0.8, 0.1, 0.1),
+    split_seed: int | None = None,
+) -> DataBundle:
+    """The generator's table with its click label as the one task ``click`` (the parameters of
+    :func:`base_confidence` without a file)."""
+    base = base_confidence(
+        None,
+        rows=rows,
+        seed=seed,
+        noise=noise,
+        max_vocab=max_vocab,
+        c_loc=c_loc,
+        c_scale=c_scale,
+        split=split,
+        split_seed=split_seed,
+    )
     meta = {**base.meta, "click_rate": float(np.mean(base.table["label"].to_numpy()))}
     schema = criteo_schema([TaskSpec("click", label="label")])
     return encode_tables("criteo_like", schema, _split_tables(base.table, base.parts), meta)
@@ -360,18 +324,16 @@ def base_confidence(
     c_loc: float | None = -1.1,
     c_scale: float = 1.0,
     max_rows: int | None = None,
-    min_count: int = 1,
-    hash_buckets: int | None = None,
-    dnn: dict[str, Any] | None = None,
+    confidence: str | Path | None = None,
     split: tuple = (0.8, 0.1, 0.1),
     split_seed: int | None = None,
 ) -> BaseConfidence:
     """A.1.1 steps 1-2 and 5. Without ``path``: :func:`criteo_like_synthetic` (``rows``, ``seed``, ``noise``,
-    ``max_vocab``) with its known ``c``; with ``path``: a Criteo-format file (``max_rows`` first rows) and ``c`` from
-    :func:`dnn_confidence` (``dnn`` overrides :data:`DNN_DEFAULTS`) mapped by :func:`calibrate_confidence`."""
+    ``max_vocab``) with its known ``c``; with ``path``: a Criteo-format file (``max_rows`` first rows) and the raw
+    DNN logits of ``confidence`` (written by :func:`mtlrec.recipes.criteo_ru.write_confidence` for the same file,
+    rows and split), mapped by :func:`calibrate_confidence`."""
     split_seed = seed if split_seed is None else split_seed
-    meta: dict[str, Any] = {"seed": seed, "c_loc": c_loc, "c_scale": c_scale}
-    meta["split"] = {"fractions": list(split), "split_seed": split_seed}
+    meta = base_meta(seed, c_loc, c_scale, split, split_seed)
     if path is None:
         # the generator's c is already rank-Gaussian and mapped; c_loc=None means no shift (standard scale)
         loc = 0.0 if c_loc is None else c_loc
@@ -379,13 +341,58 @@ def base_confidence(
         parts = random_split(table.num_rows, tuple(split), split_seed)
         meta |= {"confidence": "known", "generator": "criteo_like_synthetic", "total_rows": rows, "noise": noise}
         meta["max_vocab"] = max_vocab
-    else:
-        table = read_criteo(path, max_rows)
-        parts = random_split(table.num_rows, tuple(split), split_seed)
-        raw, info = dnn_confidence(table, parts, min_count=min_count, hash_buckets=hash_buckets, **(dnn or {}))
-        c = calibrate_confidence(raw, parts[0], c_loc, c_scale)
-        meta |= {"confidence": "dnn", "source": str(path), "total_rows": table.num_rows, "dnn": info}
+        return BaseConfidence(table, c, parts, meta)
+    if confidence is None:
+        raise UserError(
+            f"criteo_ru: path={str(path)!r} needs confidence= (the DNN logits of A.1.1 step 1); write them with "
+            f"`python -m mtlrec.recipes.criteo_ru {path} --out c.npy` and pass confidence=c.npy"
+        )
+    table = read_criteo(path, max_rows)
+    parts = random_split(table.num_rows, tuple(split), split_seed)
+    raw, info = read_confidence(confidence, table.num_rows, list(split), split_seed)
+    return dnn_base(table, raw, parts, info, meta, path)
+
+
+def base_meta(seed: int, c_loc: float | None, c_scale: float, split: tuple, split_seed: int) -> dict[str, Any]:
+    """The record :class:`BaseConfidence` starts from (same keys and order for every source of ``c``)."""
+    return {
+        "seed": seed,
+        "c_loc": c_loc,
+        "c_scale": c_scale,
+        "split": {"fractions": list(split), "split_seed": split_seed},
+    }
+
+
+def dnn_base(
+    table: pa.Table, raw: np.ndarray, parts: list[np.ndarray], info: dict[str, Any], meta: dict[str, Any], path
+) -> BaseConfidence:
+    """A.1.1 step 2 on raw DNN logits: calibrated with the training rows' moments."""
+    c = calibrate_confidence(raw, parts[0], meta["c_loc"], meta["c_scale"])
+    meta = {**meta, "confidence": "dnn", "source": str(path), "total_rows": table.num_rows, "dnn": info}
     return BaseConfidence(table, c, parts, meta)
+
+
+def read_confidence(
+    path: str | Path, rows: int, split: list[float], split_seed: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The raw logits (``.npy``, float64, one per row) and the fit record (the ``.json`` beside it) written by the
+    recipe; the record's rows and split must be the ones this data set is built with (the DNN's validation split
+    is the data set's)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"criteo_ru: confidence file {path} not found; write it with mtlrec.recipes.criteo_ru")
+    raw = np.load(path, allow_pickle=False)
+    record_path = path.with_suffix(".json")
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    if raw.ndim != 1 or len(raw) != rows:
+        raise UserError(f"criteo_ru: {path} holds {raw.shape} logits; expected one per row of the file ({rows})")
+    fit = record.get("split")
+    if fit is not None and fit != {"fractions": split, "split_seed": split_seed}:
+        raise UserError(
+            f"criteo_ru: {path} was fitted on split {fit}; this data set uses "
+            f"{{'fractions': {split}, 'split_seed': {split_seed}}} (pass the same split and split_seed)"
+        )
+    return raw.astype(np.float64, copy=False), record.get("dnn", {})
 
 
 def build_criteo_ru(
@@ -423,22 +430,121 @@ def build_criteo_ru(
     "criteo_ru",
     description="DEPHN Criteo-R / Criteo-UR (A.1.1): task1 = 1[c>0], task2 from the related or unrelated "
     "transform of the base confidence c (a DNN logit on a Criteo file, or known c of the Criteo-shaped generator)",
-    source="generated (criteo_like) or a Criteo-format file passed as path (train.txt, tab-separated)",
+    source="generated (criteo_like), or a Criteo-format file as path with confidence= (the DNN logits written by "
+    "python -m mtlrec.recipes.criteo_ru)",
 )
 def load_criteo_ru(
     relation: str = "related",
     path: str | Path | None = None,
     *,
+    confidence: str | Path | None = None,
     noise_std: float = 0.1,
     ur_noise_std: float = 0.0,
     labeling: str = "threshold",
-    **base: Any,
+    rows: int = 200_000,
+    seed: int = 0,
+    noise: float = 0.0,
+    max_vocab: int = 20_000,
+    c_loc: float | None = -1.1,
+    c_scale: float = 1.0,
+    max_rows: int | None = None,
+    min_count: int = 1,
+    hash_buckets: int | None = None,
+    split: tuple = (0.8, 0.1, 0.1),
+    split_seed: int | None = None,
+    dnn: dict[str, Any] | None = None,
 ) -> DataBundle:
-    """Criteo-R (``relation="related"``) or Criteo-UR (``"unrelated"``): :func:`base_confidence` (``base``: its
-    ``rows, seed, noise, max_vocab, c_loc, c_scale, max_rows, min_count, hash_buckets, dnn, split, split_seed``)
-    then :func:`build_criteo_ru` (label noise drawn with seed ``seed + 1``)."""
+    """Criteo-R (``relation="related"``) or Criteo-UR (``"unrelated"``): :func:`base_confidence` (the generator,
+    or ``path`` with the recipe's ``confidence`` file) then :func:`build_criteo_ru` (label noise drawn with seed
+    ``seed + 1``; ``min_count``, ``hash_buckets`` for the encoding). ``dnn`` is refused: the DNN is trained by the
+    recipe :mod:`mtlrec.recipes.criteo_ru`, never by the data set."""
     if relation not in RELATIONS:
-        raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
-    enc = {k: base[k] for k in ("min_count", "hash_buckets") if k in base}
+        raise unknown_name("criteo_ru relation", relation, RELATIONS)
+    if dnn is not None:
+        raise UserError(
+            "criteo_ru: dnn= is a setting of the base-confidence recipe; run `python -m mtlrec.recipes.criteo_ru "
+            "FILE --out c.npy` (its --dnn options) and pass confidence=c.npy"
+        )
+    base = base_confidence(
+        path,
+        rows=rows,
+        seed=seed,
+        noise=noise,
+        max_vocab=max_vocab,
+        c_loc=c_loc,
+        c_scale=c_scale,
+        max_rows=max_rows,
+        confidence=confidence,
+        split=split,
+        split_seed=split_seed,
+    )
     labels = {"noise_std": noise_std, "ur_noise_std": ur_noise_std, "labeling": labeling}
-    return build_criteo_ru(base_confidence(path, **base), relation, **labels, label_seed=base.get("seed", 0) + 1, **enc)
+    enc = {"min_count": min_count, "hash_buckets": hash_buckets}
+    return build_criteo_ru(base, relation, **labels, label_seed=seed + 1, **enc)
+
+
+# ---- the Criteo data set as the CTR papers preprocess it ---------------------------------------------------------
+def bucket_counts(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """FuxiCTR's / GDCN's treatment of a Criteo integer column as a category: ``v > 2 → floor(ln(v)²)``, else
+    ``v − 2``, written as a string; a missing value becomes ``"NULL"`` (its own category). Vectorised."""
+    x = np.asarray(pc.fill_null(pc.cast(values, pa.float64()), np.nan).to_numpy(zero_copy_only=False), np.float64)
+    missing = ~np.isfinite(x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b = np.where(x > 2, np.floor(np.log(np.where(x > 2, x, 3.0)) ** 2), x - 2)
+    out = pa.array(np.where(missing, 0, b).astype(np.int64)).cast(pa.string())
+    return pc.if_else(pa.array(missing), pa.scalar("NULL"), out)
+
+
+def fuxictr_table(table: pa.Table) -> pa.Table:
+    """``label`` kept; ``I1..I13`` bucketed by :func:`bucket_counts`; ``C1..C26`` with missing as ``"NULL"``."""
+    cols = {"label": table["label"]}
+    for c in INT_COLUMNS:
+        cols[c] = bucket_counts(table[c])
+    for c in CAT_COLUMNS:
+        cols[c] = pc.fill_null(table[c].cast(pa.string()), "NULL")
+    return pa.table(cols)
+
+
+@register_dataset(
+    "criteo",
+    description="Criteo display ads (Kaggle DAC train.txt), one task click; the GDCN/FuxiCTR preprocessing: "
+    "integers v>2 -> floor(ln(v)^2) as categories, every field min count 10, random 8:1:1",
+    source="train.txt (tab-separated, no header; .gz accepted) passed as path",
+)
+def load_criteo(
+    path: str | Path | None = None,
+    *,
+    max_rows: int | None = None,
+    min_count: int = 10,
+    split: tuple = (0.8, 0.1, 0.1),
+    split_seed: int = 0,
+    numeric: str = "bucket",
+    cache_dir: str | None = None,
+    use_cache: bool = True,
+) -> DataBundle:
+    """The Criteo CTR data set as GDCN (Wang et al., CIKM'23) and FuxiCTR's ``Criteo_x1`` preprocess it: the 13
+    integer columns become categories (``numeric="bucket"``: :func:`bucket_counts`; ``"log"`` keeps them numeric,
+    ``log1p`` then standardised), every categorical value seen fewer than ``min_count`` (10) times in the training
+    split is out of vocabulary, missing is its own ``NULL`` category; a random 8:1:1 split with ``split_seed``."""
+    from mtlrec.data.datasets.movielens import _fingerprint, cached, split_and_encode
+
+    if path is None:
+        raise UserError("criteo: pass path= (train.txt of the Criteo display-ads challenge; see docs/datasets.md)")
+    if numeric not in ("bucket", "log"):
+        raise unknown_name("criteo numeric treatment", numeric, ("bucket", "log"))
+    path = Path(path)
+
+    def build() -> DataBundle:
+        raw = read_criteo(path, max_rows)
+        if numeric == "bucket":
+            table = fuxictr_table(raw)
+            feats: list[Any] = [CategoricalFeature(c, min_count=min_count) for c in INT_COLUMNS + CAT_COLUMNS]
+            schema = Schema(features=feats, tasks=[TaskSpec("click", label="label")])
+        else:
+            table = raw  # numeric kept; a missing categorical value is out of vocabulary
+            schema = criteo_schema([TaskSpec("click", label="label")], min_count=min_count)
+        meta = {"source": str(path), "protocol": f"gdcn_fuxictr/{numeric}", "min_count": min_count}
+        return split_and_encode("criteo", schema, table, split, split_seed, meta)
+
+    key = [_fingerprint(path), max_rows, min_count, list(split), split_seed, numeric]
+    return cached("criteo", key, cache_dir, use_cache, build)

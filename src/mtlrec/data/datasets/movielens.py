@@ -153,7 +153,9 @@ def add_labels(table: pa.Table, like_threshold: float = 4.0) -> pa.Table:
     return table.append_column("like", pc.cast(pc.greater_equal(table["rating"], like_threshold), pa.int8()))
 
 
-def movielens_schema(with_year: bool = False, tasks: Sequence[str] = ("like", "rating")) -> Schema:
+def movielens_schema(with_year: bool = False, tasks: Sequence[str] = ("like", "rating"), gauc: bool = False) -> Schema:
+    """``gauc``: the ``like`` task also reports GAUC over ``user_id`` (after AUC and logloss, so selection is
+    unchanged)."""
     feats: list[Any] = [
         CategoricalFeature("user_id"),
         CategoricalFeature("gender"),
@@ -165,7 +167,11 @@ def movielens_schema(with_year: bool = False, tasks: Sequence[str] = ("like", "r
     ]
     if with_year:
         feats.append(CategoricalFeature("year"))
-    known = {"like": TaskSpec("like", type="binary", label="like"), "rating": TaskSpec("rating", type="regression")}
+    like_metrics = ["auc", "logloss", "gauc"] if gauc else None
+    known = {
+        "like": TaskSpec("like", type="binary", label="like", metrics=like_metrics, group="user_id" if gauc else None),
+        "rating": TaskSpec("rating", type="regression"),
+    }
     unknown = set(tasks) - set(known)
     if unknown:
         raise ValueError(f"movielens tasks are {list(known)}, got {sorted(unknown)}")
@@ -234,10 +240,11 @@ def load_movielens_1m(
     tasks: Sequence[str] = ("like", "rating"),
     max_ratings: int | None = None,
     sample_seed: int = 0,
+    gauc: bool = False,
     cache_dir: str | None = None,
     use_cache: bool = True,
 ) -> DataBundle:
-    """``max_ratings``: keep a seeded random subset of that many ratings (``sample_seed``) before splitting, for
+    """``gauc``: report GAUC over users on the ``like`` task. ``max_ratings``: keep a seeded random subset of that many ratings (``sample_seed``) before splitting, for
     quick runs. Everything that determines the arrays is recorded in ``bundle.meta``."""
     root = Path(data_dir) if data_dir else default_data_dir()
     if (root / "movielens-1m").is_dir():
@@ -251,7 +258,7 @@ def load_movielens_1m(
     rpath = Path(ratings_file) if ratings_file else find_ratings_file(root)
     if not rpath.exists():
         rpath = root / rpath
-    schema = movielens_schema(with_year, tasks)
+    schema = movielens_schema(with_year, tasks, gauc)
     params = {
         "ratings_file": str(rpath),
         "split": list(split),
