@@ -99,7 +99,13 @@ def _bundle_with(train_click=None, valid_click=None):
 
 
 def test_task_whose_mask_selects_no_training_rows(tmp_path):
-    bundle = _bundle_with(train_click=0)  # purchase's sample space is click == 1: empty
+    # from files, the data layer refuses it while encoding ...
+    with pytest.raises(UserError, match=r"task 'purchase': its mask column 'click' selects no training row"):
+        _bundle_with(train_click=0)  # purchase's sample space is click == 1: empty
+    # ... and the trainer refuses encoded data built by hand (the Python API) the same way
+    bundle = _bundle_with()
+    bundle.train.masks = np.asarray(bundle.train.masks).copy()
+    bundle.train.masks[:, 1] = 0
     tr = Trainer(_model(bundle), _cfg(), tmp_path)
     with pytest.raises(UserError, match=r"^task 'purchase': no training rows \(its mask column 'click' is never 1\)"):
         tr.fit(bundle.train, bundle.valid)
