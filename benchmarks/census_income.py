@@ -53,6 +53,18 @@ MAIN_TASK = {1: "income", 2: "education"}
 def load_bench_config(path: str | Path) -> dict[str, Any]:
     """The benchmark YAML with its ``base:`` file merged under it (:func:`mtlrec.experiment.load_config`)."""
     cfg = load_config(path)
+    if isinstance(cfg.get("models"), list):  # the one experiment format (mtlrec.config): back to row names
+        cfg["models"] = {
+            m.get("label") or m["name"]: {
+                **({"model": m["name"]} if m.get("label", m["name"]) != m["name"] else {}),
+                **(m.get("params") or {}),
+                **({"train": m["train"]} if m.get("train") else {}),
+            }
+            for m in cfg["models"]
+        }
+        cfg["data"] = {k: v for k, v in ((cfg.get("data") or {}).get("params") or {}).items() if k != "group"}
+        quick = (cfg.get("bench") or {}).get("quick") or {}
+        cfg["quick"] = {"seeds": len(quick.get("seeds", [0])), "train_rows": 40_000, "train": quick.get("train")}
     for key in ("data", "model_defaults", "models", "train"):
         cfg.setdefault(key, {})
     return cfg

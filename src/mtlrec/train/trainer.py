@@ -222,9 +222,11 @@ class Trainer:
         *,
         max_steps: int | None = None,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+        on_step: Callable[[int, float], None] | None = None,
     ) -> FitResult:
         """Train until ``epochs`` or early stopping. ``max_steps`` stops after that many optimisation steps in
-        total (the last checkpoint is written first), as an interruption would."""
+        total (the last checkpoint is written first), as an interruption would. ``on_step(step, loss)``: after
+        each optimisation step (experiment tracking)."""
         cfg = self.cfg
         if self.state["step"] == 0 and self.state["batch"] == 0:
             torch.manual_seed(cfg.seed)
@@ -248,6 +250,8 @@ class Trainer:
                     self.state["step"] += 1
                     seen += len(batch)
                     loss_sum, loss_n = loss_sum + loss, loss_n + 1
+                    if on_step is not None:
+                        on_step(self.state["step"], loss)
                     if bar is not None:
                         bar.update(1)
                         if self.state["batch"] % 10 == 0:
