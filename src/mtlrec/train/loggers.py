@@ -85,7 +85,10 @@ class MLflowLogger(RunLogger):
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise _missing("mlflow", "mlflow") from None
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (out_dir / "mlruns").resolve().as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:  # a local file store (MLflow 3 asks for an explicit opt-in to it; no server, no network)
+            uri = (out_dir / "mlruns").resolve().as_uri()
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
         exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
