@@ -209,6 +209,7 @@ def test_a_failed_run_is_recorded_and_the_others_run(tmp_path, capsys, monkeypat
 
 def test_tracking_loggers_tensorboard_and_mlflow(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "")
     cfg = _tiny(tmp_path, "")
     code, _, err = _main(
         capsys, "train", cfg, "--quiet", "-m", "mmoe", "--set", "train.loggers=[tensorboard, mlflow]", "--set",

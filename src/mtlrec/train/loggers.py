@@ -88,7 +88,8 @@ class MLflowLogger(RunLogger):
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:  # a local file store (MLflow 3 asks for an explicit opt-in to it; no server, no network)
             uri = (out_dir / "mlruns").resolve().as_uri()
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            if not os.environ.get("MLFLOW_ALLOW_FILE_STORE"):
+                os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
         exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
