@@ -9,7 +9,7 @@ Rules, per column (``ColumnGuess.reason`` says which one fired):
 - other strings, and integers that look like ids (``*_id``) or have few distinct values, become categorical;
   an id-like column with more than ``HASH_ABOVE`` distinct values gets ``hash_buckets`` (a vocabulary that big
   costs memory and mostly holds rare values);
-- floats, and integers with many distinct values, become numeric (``log`` when heavy-tailed and non-negative).
+- floats, and integers with many distinct values, become numeric (``log`` when non-negative with skewness > 2).
 """
 
 from __future__ import annotations
@@ -95,11 +95,11 @@ def _categorical(name: str, distinct: int, reason: str) -> ColumnGuess:
 
 def _numeric(name: str, arr: np.ndarray, reason: str) -> ColumnGuess:
     options: dict[str, Any] = {"transform": "standardize"}
-    if len(arr) and arr.min() >= 0:
-        p50, p99 = np.percentile(arr, [50, 99])
-        if p99 > 10 * max(p50, 1e-9) and arr.max() > 10:
+    if len(arr) > 2 and arr.min() >= 0 and arr.std() > 0:
+        skew = float(np.mean(((arr - arr.mean()) / arr.std()) ** 3))
+        if skew > 2:
             options["transform"] = "log"
-            reason += "; heavy-tailed, non-negative: log"
+            reason += f"; non-negative, skewed ({skew:.1f}): log"
     return ColumnGuess(name, "numeric", reason, options)
 
 
