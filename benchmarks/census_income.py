@@ -126,7 +126,7 @@ def run_line(row: dict[str, Any], main_task: str) -> str:
         f"  {row['model']:14s} seed {row['seed']}: test "
         + ", ".join(f"{t} {v['auc']:.4f}" for t, v in row["test"].items())
         + f" | valid {main_task} {row['valid'][main_task]['auc']:.4f}"
-        + f" | best epoch {row['best_epoch'] + 1}/{row['epochs_run']} | {row['train_seconds']:.0f}s"
+        + f" | best epoch {row['best_epoch']}/{row['epochs_run']} | {row['train_seconds']:.0f}s"
     )
 
 
@@ -138,7 +138,7 @@ def run_info(cfg: dict[str, Any], runs: list[dict[str, Any]], name: str) -> dict
     return {
         "params": model_params(cfg, name),
         **({"train_overrides": overrides} if overrides else {}),
-        "best_epochs": [r["best_epoch"] + 1 for r in mine],
+        "best_epochs": [r["best_epoch"] for r in mine],  # 1-based (run_one)
         "epochs_run": [r["epochs_run"] for r in mine],
         "train_seconds_mean": float(np.mean([r["train_seconds"] for r in mine])),
         "num_parameters": mine[0]["num_parameters"],

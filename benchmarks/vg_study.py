@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         aucs = ", ".join(f"{t} {v['auc']:.4f}" for t, v in row["test"].items())
         print(
             f"  {row['dataset']} {row['label']:24s} seed {row['seed']}: test {aucs} | best epoch "
-            f"{row['best_epoch'] + 1}/{row['epochs_run']} | {row['train_seconds']:.0f}s",
+            f"{row['best_epoch']}/{row['epochs_run']} | {row['train_seconds']:.0f}s",
             flush=True,
         )
         out = _write(args, runs, train_raw, sizes, complete=len(runs) == len(jobs), t_start=t_start)

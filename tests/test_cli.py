@@ -158,6 +158,8 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path, capsys):
     schema.write_text("features: [{name: a, kind: categorical}]\ntasks: [{name: y, type: binary}]\n")
     code, _, err = _main(capsys, "train", schema)
     assert code == 2 and "is a schema" in err and "data: {name: files, params: {schema:" in err
+    code, _, err = _main(capsys, "train", cfg, "-m", "mmo")
+    assert code == 2 and "--model: unknown model 'mmo' (did you mean 'mmoe'?)" in err
     code, _, err = _main(capsys, "--debug", "train", tmp_path / "missing.yaml")
     assert code == 2 and "Traceback" in err  # --debug: the traceback as well
 

@@ -35,7 +35,9 @@ def _options(
 def train(
     config: Path | None = typer.Argument(None, help="Experiment YAML; omit to run the built-in default."),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a config key: --set train.epochs=3"),
-    model: list[str] = typer.Option([], "--model", "-m", help="Only the config's models with these labels"),
+    model: list[str] = typer.Option(
+        [], "--model", "-m", help="Only these rows of the config (labels), or registry models with its model_defaults"
+    ),
     seeds: str | None = typer.Option(None, help="Comma-separated seeds, e.g. 0,1,2"),
     out: Path | None = typer.Option(None, help="Output folder (default: the config's out_dir, else runs/<name>)"),
     resume: bool = typer.Option(False, help="Continue each run that exists from its last.pt checkpoint"),
@@ -66,11 +68,7 @@ def train(
         source += " with --set"
     exp = validate_config(cfg, source)
     if model:
-        labels = [m.label for m in exp.models]
-        for name in model:
-            if name not in labels and name not in {m.name for m in exp.models}:
-                raise unknown_name("model", name, labels, where="--model")
-        exp.models = [m for m in exp.models if m.label in model or m.name in model]
+        exp.models = _pick_models(exp, model)
     if seeds:
         try:
             exp.seeds = [int(s) for s in seeds.split(",")]
@@ -207,6 +205,24 @@ def datasets() -> None:
         elif params:
             shown = [k if d is MISSING else f"{k}={d!r}" for k, d in params.items()]
             typer.echo(f"{'':<16} params: " + ", ".join(shown))
+
+
+def _pick_models(exp, names: list[str]) -> list:
+    """The config's rows with these labels (or registry names); a registered model the config does not list is
+    added with the config's ``model_defaults``."""
+    from mtlrec.config import Checker, check_models
+    from mtlrec.models.registry import list_models
+
+    picked = []
+    for name in names:
+        rows = [m for m in exp.models if name in (m.label, m.name)]
+        if not rows and name in list_models():
+            rows = check_models(Checker("--model"), [{"name": name}], exp.model_defaults)
+        if not rows:
+            allowed = [*(m.label for m in exp.models), *list_models()]
+            raise unknown_name("model", name, allowed, where="--model")
+        picked += [m for m in rows if m not in picked]
+    return picked
 
 
 def _bundle_for(info: dict):

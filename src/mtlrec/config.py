@@ -130,7 +130,7 @@ class ExperimentConfig:
 
 
 # ---- validation ---------------------------------------------------------------------------------------------
-class _Checker:
+class Checker:
     def __init__(self, source: str) -> None:
         self.source = source
 
@@ -262,7 +262,7 @@ def model_params(name: str) -> set[str]:
     return R._accepted_params(R.model_info(name)["cls"]) | set(R._PLUGINS)
 
 
-def check_data(ck: _Checker, raw: Any, path: str) -> DataConfig:
+def check_data(ck: Checker, raw: Any, path: str) -> DataConfig:
     from mtlrec.data.datasets import list_datasets
 
     raw = ck.mapping(raw, path, ("name", "params"))
@@ -284,14 +284,14 @@ def check_data(ck: _Checker, raw: Any, path: str) -> DataConfig:
     return DataConfig(name, dict(params))
 
 
-def check_metric_name(ck: _Checker, metric: str, path: str) -> None:
+def check_metric_name(ck: Checker, metric: str, path: str) -> None:
     from mtlrec import metrics as M
 
     if metric not in M.HIGHER_IS_BETTER:
         raise unknown_name("metric", metric, M.HIGHER_IS_BETTER, where=f"{ck.source}: {path}")
 
 
-def check_train(ck: _Checker, raw: Any, path: str) -> dict[str, Any]:
+def check_train(ck: Checker, raw: Any, path: str) -> dict[str, Any]:
     """The train section (or a model's overrides): known keys, typed values, valid names."""
     from mtlrec.train import weighting as W
 
@@ -320,7 +320,7 @@ def check_train(ck: _Checker, raw: Any, path: str) -> dict[str, Any]:
     return raw
 
 
-def check_models(ck: _Checker, raw: Any, defaults: dict[str, Any]) -> list[ModelConfig]:
+def check_models(ck: Checker, raw: Any, defaults: dict[str, Any]) -> list[ModelConfig]:
     from mtlrec.models.registry import list_models
 
     if raw is None or raw == []:
@@ -358,7 +358,7 @@ def check_models(ck: _Checker, raw: Any, defaults: dict[str, Any]) -> list[Model
     return out
 
 
-def check_bench(ck: _Checker, raw: Any, labels: list[str], cfg: dict[str, Any]) -> BenchConfig | None:
+def check_bench(ck: Checker, raw: Any, labels: list[str], cfg: dict[str, Any]) -> BenchConfig | None:
     if raw is None:
         return None
     raw = ck.mapping(raw, "bench", tuple(f.name for f in fields(BenchConfig)))
@@ -407,7 +407,7 @@ def validate_config(cfg: dict[str, Any], source: str = "config") -> ExperimentCo
     the first mistake raises a one-line :class:`UserError` naming ``source`` and the key path."""
     from mtlrec.train.trainer import TrainConfig
 
-    ck = _Checker(source)
+    ck = Checker(source)
     cfg = ck.mapping(cfg, "", TOP_LEVEL_KEYS)
     name = ck.typed(cfg.get("name") or Path(source.split(" ")[0]).stem or "experiment", str, "name")
     description = ck.typed(cfg.get("description") or "", str, "description")
