@@ -115,3 +115,20 @@ DEFAULT_CONFIG_TEXT = (ROOT / "configs" / "synthetic_default.yaml").read_text()
 
 def test_default_config_file_is_the_builtin_default():
     assert load_config(ROOT / "configs" / "synthetic_default.yaml") == DEFAULT_CONFIG
+
+
+def test_bench_grid_without_top_level_data():
+    cfg = {k: v for k, v in DEFAULT_CONFIG.items() if k != "data"}
+    cfg["bench"] = {"datasets": [{"label": "a", "name": "synthetic", "params": {"n": 100}}, {"name": "criteo_like"}]}
+    exp = validate_config(cfg, "x")
+    assert exp.data.name == "synthetic" and [d.label for d in exp.bench.datasets] == ["a", "criteo_like"]
+
+
+def test_a_missing_tracking_package_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from mtlrec.train.loggers import create_loggers
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(UserError, match=r"pip install 'mtlrec\[tracking\]'"):
+        create_loggers(["tensorboard"], tmp_path, experiment="x", run_name="r")

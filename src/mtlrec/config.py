@@ -411,7 +411,13 @@ def validate_config(cfg: dict[str, Any], source: str = "config") -> ExperimentCo
     cfg = ck.mapping(cfg, "", TOP_LEVEL_KEYS)
     name = ck.typed(cfg.get("name") or Path(source.split(" ")[0]).stem or "experiment", str, "name")
     description = ck.typed(cfg.get("description") or "", str, "description")
-    data = check_data(ck, cfg.get("data"), "data")
+    raw_data = cfg.get("data")
+    bench_raw = cfg.get("bench")
+    if raw_data is None and isinstance(bench_raw, dict) and isinstance(bench_raw.get("datasets"), list):
+        first = bench_raw["datasets"][0] if bench_raw["datasets"] else None
+        if isinstance(first, dict):  # a bench grid without top-level data: its first data set
+            raw_data = {k: v for k, v in first.items() if k in ("name", "params")}
+    data = check_data(ck, raw_data, "data")
     defaults = dict(ck.mapping(cfg.get("model_defaults"), "model_defaults"))
     models = check_models(ck, cfg.get("models"), defaults)
     train = check_train(ck, cfg.get("train"), "train")
@@ -430,7 +436,9 @@ def validate_config(cfg: dict[str, Any], source: str = "config") -> ExperimentCo
         settings = {k: v for k, v in exp.model_train(m).items() if k in known}
         path = "train" if not m.train else f"models[{models.index(m)}].train"
         try:
-            TrainConfig(**settings)
+            checked = TrainConfig(**settings)
+            if callable(getattr(checked, "validate", None)):
+                checked.validate()
         except UserError as e:
             raise UserError(f"{source}: {e}") from None
         except (TypeError, ValueError) as e:
