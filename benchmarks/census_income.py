@@ -53,6 +53,18 @@ MAIN_TASK = {1: "income", 2: "education"}
 def load_bench_config(path: str | Path) -> dict[str, Any]:
     """The benchmark YAML with its ``base:`` file merged under it (:func:`mtlrec.experiment.load_config`)."""
     cfg = load_config(path)
+    if isinstance(cfg.get("models"), list):  # the one experiment format (mtlrec.config): back to row names
+        cfg["models"] = {
+            m.get("label") or m["name"]: {
+                **({"model": m["name"]} if m.get("label", m["name"]) != m["name"] else {}),
+                **(m.get("params") or {}),
+                **({"train": m["train"]} if m.get("train") else {}),
+            }
+            for m in cfg["models"]
+        }
+        cfg["data"] = {k: v for k, v in ((cfg.get("data") or {}).get("params") or {}).items() if k != "group"}
+        quick = (cfg.get("bench") or {}).get("quick") or {}
+        cfg["quick"] = {"seeds": len(quick.get("seeds", [0])), "train_rows": 40_000, "train": quick.get("train")}
     for key in ("data", "model_defaults", "models", "train"):
         cfg.setdefault(key, {})
     return cfg
@@ -126,7 +138,7 @@ def run_info(cfg: dict[str, Any], runs: list[dict[str, Any]], name: str) -> dict
     return {
         "params": model_params(cfg, name),
         **({"train_overrides": overrides} if overrides else {}),
-        "best_epochs": [r["best_epoch"] for r in mine],
+        "best_epochs": [r["best_epoch"] for r in mine],  # 1-based (run_one)
         "epochs_run": [r["epochs_run"] for r in mine],
         "train_seconds_mean": float(np.mean([r["train_seconds"] for r in mine])),
         "num_parameters": mine[0]["num_parameters"],

@@ -82,7 +82,7 @@ def _run(job: tuple[str, str, int, int]) -> dict[str, Any]:
         "seed": seed,
         "valid": row["valid"],
         "test": row["test"],
-        "best_epoch": row["best_epoch"],  # 1-based (FitResult.best_epoch)
+        "best_epoch": row["best_epoch"],  # 1-based (run_one)
         "epochs_run": row["epochs_run"],
         "seconds": time.perf_counter() - t0,
     }

@@ -106,8 +106,8 @@ def test_census_benchmark_config_is_valid():
     path = Path(__file__).resolve().parents[1] / "configs" / "census_income.yaml"
     cfg = yaml.safe_load(path.read_text())
     train_config(cfg["train"], 0)  # unknown train settings raise
-    assert set(cfg["models"]) <= set(mtlrec.list_models())
-    assert cfg["data"].get("numeric_transform", "auto") in {"auto", "standardize", "log", "quantile"}
+    assert {m["name"] for m in cfg["models"]} <= set(mtlrec.list_models())
+    assert cfg["data"]["params"].get("numeric_transform", "auto") in {"auto", "standardize", "log", "quantile"}
 
 
 def test_census_protocols_choose_the_inputs():
