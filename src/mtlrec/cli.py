@@ -21,6 +21,7 @@ def train(
     out: Path | None = typer.Option(None, help="Output folder (default: the config's out_dir)"),
     resume: bool = typer.Option(False, help="Continue each run from its last.pt checkpoint"),
     quiet: bool = typer.Option(False, help="No progress bars"),
+    nproc: int = typer.Option(1, "--nproc", help="Train data-parallel in N local processes (torch elastic launcher)"),
 ) -> None:
     """Train the models of an experiment and print a comparison table (test metrics, mean ± std over seeds).
 
@@ -37,6 +38,12 @@ def train(
     """
     from mtlrec.experiment import apply_overrides, load_config, markdown_table, run_experiment, summarize
 
+    if nproc > 1:  # N workers run this command with --nproc 1 (see mtlrec.train.distributed)
+        from mtlrec.train.distributed import launch
+
+        kwargs = dict(config=config, set_=set_, model=model, seeds=seeds, out=out, resume=resume, quiet=quiet, nproc=1)
+        launch(nproc, train, kwargs)
+        return
     cfg = apply_overrides(load_config(config), list(set_))
     if model:
         cfg["models"] = [{"name": m} for m in model]

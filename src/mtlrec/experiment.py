@@ -36,6 +36,7 @@ from mtlrec.data.datasets import load_dataset
 from mtlrec.data.layout import FeatureLayout
 from mtlrec.models.registry import create_model
 from mtlrec.schema import TaskSpec
+from mtlrec.train import distributed
 from mtlrec.train.trainer import TrainConfig, Trainer, evaluate
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -127,7 +128,7 @@ def run_one(
     seed_everything(train.seed)
     tasks = tasks or bundle.tasks
     model = create_model(model_name, bundle.layout, tasks, **copy.deepcopy(params))
-    if out_dir:
+    if out_dir and distributed.is_writer():  # only rank 0 writes files
         out_dir.mkdir(parents=True, exist_ok=True)
         write_run_info(out_dir, bundle, model_name, params, train, tasks)
     trainer = Trainer(model, train, out_dir)
@@ -153,10 +154,22 @@ def run_one(
         "params": params,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "data": bundle.meta,
+        **distributed_fields(trainer, train),
     }
-    if out_dir:
+    if out_dir and distributed.is_writer():
         (out_dir / "result.json").write_text(json.dumps(row, indent=2, default=str))
     return row
+
+
+def distributed_fields(trainer: Trainer, train: TrainConfig) -> dict[str, Any]:
+    """Where a run trained: device, precision, number of processes and the global batch size."""
+    world = distributed.world_size()
+    return {
+        "device": str(trainer.device),
+        "precision": train.precision,
+        "world_size": world,
+        "global_batch_size": train.batch_size,
+    }
 
 
 def write_run_info(
@@ -201,7 +214,8 @@ def load_run(run_dir: str | Path, which: str = "best"):
 def run_experiment(
     cfg: dict[str, Any], *, progress: bool = True, resume: bool = False, on_result: Any = None
 ) -> list[dict[str, Any]]:
-    bundle = load_data(cfg)
+    with distributed.rank_zero_first():  # preparation and caching once; the other ranks then read the cache
+        bundle = load_data(cfg)
     out = Path(cfg["out_dir"]) if cfg.get("out_dir") else None
     defaults = cfg.get("model_defaults") or {}
     models = cfg.get("models") or ([cfg["model"]] if cfg.get("model") else [])
@@ -218,7 +232,7 @@ def run_experiment(
             row = run_one(bundle, spec["name"], params, tcfg, run_dir, resume=resume)
             row["label"] = label
             rows.append(row)
-            if out:
+            if out and distributed.is_writer():
                 with open(out / "results.jsonl", "a") as fh:
                     fh.write(json.dumps(row, default=str) + "\n")
             if on_result:
