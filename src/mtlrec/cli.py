@@ -44,6 +44,9 @@ def train(
         kwargs = dict(config=config, set_=set_, model=model, seeds=seeds, out=out, resume=resume, quiet=quiet, nproc=1)
         launch(nproc, train, kwargs)
         return
+    from mtlrec.train.distributed import quiet_other_ranks
+
+    quiet_other_ranks()  # under torchrun / --nproc: only rank 0 prints
     cfg = apply_overrides(load_config(config), list(set_))
     if model:
         cfg["models"] = [{"name": m} for m in model]

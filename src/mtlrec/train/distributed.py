@@ -73,6 +73,15 @@ def current() -> DistContext | None:
     return _CTX
 
 
+def quiet_other_ranks() -> None:
+    """Under several processes, send the standard output of every rank but 0 to /dev/null (one table printed, not
+    one per rank); warnings and errors (standard error) stay visible."""
+    if current() is not None and rank() != 0:
+        import sys
+
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+
+
 def world_size() -> int:
     ctx = current()
     return ctx.world_size if ctx else 1
