@@ -74,7 +74,8 @@ def _run(out_dir=None) -> dict:
         tr2 = Trainer(_model(bundle, embedding_l2=1e-4), cfg, out_dir / "full")
         tr2.resume()
         res["last_matches"] = all(
-            torch.equal(a, b) for a, b in zip(tr2.model.state_dict().values(), tr.model.state_dict().values())
+            torch.equal(a, b)
+            for a, b in zip(tr2.model.state_dict().values(), tr.model.state_dict().values(), strict=True)
         )
     res["rank"] = distributed.rank()
     res["world"] = distributed.world_size()

@@ -68,9 +68,8 @@ def test_masked_task_metrics_use_sample_space(tiny_bundle):
 
 
 def test_precision_is_checked(monkeypatch):
-    from mtlrec.train import precision
-
     from mtlrec.errors import UserError
+    from mtlrec.train import precision
 
     with pytest.raises(UserError, match="expected one of"):
         precision.check_precision("fp8")
