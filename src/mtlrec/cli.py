@@ -78,6 +78,7 @@ def evaluate(
     run_dir: Path = typer.Argument(..., help="A run folder written by `mtlrec train` (holds run.json, best.pt)"),
     split: str = typer.Option("test", help="train, valid or test"),
     checkpoint: str = typer.Option("best", help="best or last"),
+    device: str = typer.Option("cpu", help="Where to score: cpu, cuda, cuda:N or auto (any run loads anywhere)"),
 ) -> None:
     """Evaluate a trained run on a split of its data set and print the metrics as JSON.
 
@@ -88,7 +89,7 @@ def evaluate(
 
     model, info = load_run(run_dir, checkpoint)
     bundle = _bundle_for(info)
-    scores = evaluate_model(model, bundle.splits[split])
+    scores = evaluate_model(model, bundle.splits[split], device=device)
     typer.echo(json.dumps({"run": str(run_dir), "split": split, "metrics": scores}, indent=2))
 
 
@@ -102,6 +103,7 @@ def predict(
     ),
     separator: str = typer.Option(",", help="CSV separator of --file"),
     checkpoint: str = typer.Option("best", help="best or last"),
+    device: str = typer.Option("cpu", help="Where to score: cpu, cuda, cuda:N or auto (any run loads anywhere)"),
 ) -> None:
     """Write one score column per task (probability for binary tasks, value for regression) to CSV or Parquet.
 
@@ -130,7 +132,7 @@ def predict(
         data = pre.transform(read_table(file, separator=separator), source=str(file), labels=False)
     else:
         data = _bundle_for(info).splits[split]
-    scores = predict_model(model, data)
+    scores = predict_model(model, data, device=device)
     table = pa.table({f"score_{k}": v for k, v in scores.items()})
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".parquet":

@@ -80,8 +80,9 @@ class FiniteFlag:
     sync. ``bad(loss)`` returns True when a non-finite loss was seen since the last read-back; the step at which
     it is reported may then be up to ``every - 1`` steps after the bad one (:attr:`first_bad_step` says which)."""
 
-    def __init__(self, every: int = 50) -> None:
+    def __init__(self, every: int = 50, *, lazy: bool | None = None) -> None:
         self.every = max(1, int(every))
+        self.lazy = lazy  # None: lazy on accelerators, immediate on CPU
         self._flag: torch.Tensor | None = None
         self._first: torch.Tensor | None = None
         self._n = 0
@@ -89,7 +90,7 @@ class FiniteFlag:
 
     def bad(self, loss: torch.Tensor, step: int, *, force: bool = False) -> bool:
         loss = loss.detach()
-        if loss.device.type == "cpu":
+        if not (self.lazy if self.lazy is not None else loss.device.type != "cpu"):
             ok = bool(torch.isfinite(loss).all())
             if not ok:
                 self.first_bad_step = step
