@@ -220,11 +220,13 @@ def average_across_ranks(t: torch.Tensor) -> torch.Tensor:
     return out.div_(dist.get_world_size())
 
 
-def sync_gradients(params: list[torch.Tensor], *, sparse_mode: str = "gather") -> None:
+def sync_gradients(params: list[torch.Tensor], *, sparse_mode: str = "auto") -> None:
     """Average every gradient over ranks. Dense gradients: one flat all-reduce (per dtype and device). Sparse
     gradients (the fused embedding table): ``gather`` all-gathers the touched rows and their gradients (what a rank
     sends grows with the rows its batch touches, not with the table), ``dense`` all-reduces the dense gradient
-    of the whole table (cheaper only when a batch touches most rows)."""
+    of the whole table (cheaper only when the ranks together touch about as many rows as the table has);
+    ``auto`` (default) takes ``dense`` when the touched rows of all ranks reach half the table, else ``gather``
+    (benchmarks/sparse_sync.py measures both)."""
     if current() is None:
         return
     world = dist.get_world_size()
@@ -242,13 +244,14 @@ def sync_gradients(params: list[torch.Tensor], *, sparse_mode: str = "gather") -
                     torch.zeros(1, 0, dtype=torch.long, device=p.device),
                     torch.zeros((0, *p.shape[1:]), dtype=p.dtype, device=p.device),
                     p.shape,
+                    check_invariants=False,
                 )
                 if kind == 2
                 else torch.zeros_like(p)
             )
         g = p.grad
         if g.is_sparse:
-            p.grad = _sync_sparse(g, world) if sparse_mode == "gather" else _sync_sparse_dense(g, world)
+            p.grad = _sync_sparse_dense(g, world) if sparse_mode == "dense" else _sync_sparse(g, world, sparse_mode)
         else:
             dense.setdefault((g.dtype, g.device), []).append(g)
     for grads in dense.values():
@@ -261,13 +264,15 @@ def sync_gradients(params: list[torch.Tensor], *, sparse_mode: str = "gather") -
             offset += g.numel()
 
 
-def _sync_sparse(g: torch.Tensor, world: int) -> torch.Tensor:
+def _sync_sparse(g: torch.Tensor, world: int, mode: str = "auto") -> torch.Tensor:
     g = g.coalesce()  # fewer rows to send; the table's update coalesces again after the gather
     idx, val = g.indices()[0], g.values()
     count = torch.tensor([idx.numel()], device=idx.device)
     counts = [torch.zeros_like(count) for _ in range(world)]
     dist.all_gather(counts, count)
     sizes = [int(c) for c in counts]
+    if mode == "auto" and 2 * sum(sizes) >= g.shape[0]:  # the same decision on every rank (same counts)
+        return _sync_sparse_dense(g, world)
     top = max(sizes)
     pad_idx = torch.zeros(top, dtype=idx.dtype, device=idx.device)
     pad_val = torch.zeros((top, *val.shape[1:]), dtype=val.dtype, device=val.device)
@@ -279,15 +284,21 @@ def _sync_sparse(g: torch.Tensor, world: int) -> torch.Tensor:
     dist.all_gather(all_val, pad_val)
     rows = torch.cat([t[:s] for t, s in zip(all_idx, sizes, strict=True)])
     vals = torch.cat([t[:s] for t, s in zip(all_val, sizes, strict=True)]).div_(world)
-    return torch.sparse_coo_tensor(rows.unsqueeze(0), vals, g.shape).coalesce()
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), vals, g.shape, check_invariants=False).coalesce()
 
 
 def _sync_sparse_dense(g: torch.Tensor, world: int) -> torch.Tensor:
-    d = g.to_dense()
-    dist.all_reduce(d)
-    d.div_(world)
-    rows = d.abs().flatten(1).sum(1).nonzero().squeeze(1)
-    return torch.sparse_coo_tensor(rows.unsqueeze(0), d.index_select(0, rows), g.shape)
+    g = g.coalesce()
+    flat = g.to_dense().reshape(g.shape[0], -1)
+    touched = torch.zeros(g.shape[0], 1, dtype=flat.dtype, device=flat.device)
+    touched[g.indices()[0]] = 1.0
+    # one all-reduce of [gradient | touched]: rows touched on any rank stay touched (lazy Adam updates them even
+    # where their summed gradient is exactly zero, as one process does)
+    both = torch.cat([flat, touched], 1)
+    dist.all_reduce(both)
+    rows = both[:, -1].nonzero().squeeze(1)
+    vals = both.index_select(0, rows)[:, :-1].div_(world).reshape(-1, *g.shape[1:])
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), vals, g.shape, is_coalesced=True, check_invariants=False)
 
 
 # ---- evaluation ----------------------------------------------------------------------------------------------
