@@ -218,6 +218,8 @@ def main() -> None:
     p.add_argument("--no-infer", action="store_true")
     p.add_argument("--peers", action="store_true", help="also run torch-rechub and DeepCTR-Torch (separate venv)")
     p.add_argument("--peers-venv", default=None)
+    p.add_argument("--nproc", type=int, default=1, help="also train in 1 and N data-parallel processes (ddp rows)")
+    p.add_argument("--device", default="auto", help="train.device of the --nproc rows: auto, cpu, cuda")
     args = p.parse_args()
     args.rows = args.rows or (100_000 if args.quick else 500_000)
     args.runs = args.runs or (3 if args.quick else 5)
@@ -250,6 +252,11 @@ def main() -> None:
             except Exception as e:  # a model that cannot run this config is reported, not fatal
                 rows.append({"model": name, "system": "mtlrec", "precision": prec, "error": repr(e)})
             print(markdown_table(rows[-2:], ["model", "mode", "precision", "samples_per_s"]), file=sys.stderr)
+            if args.nproc > 1:
+                from ddp_throughput import train_rows
+
+                rows.extend(train_rows(name, args, prec, args.nproc))
+                print(markdown_table(rows[-2:], ["model", "processes", "samples_per_s"]), file=sys.stderr)
 
     if args.peers:
         del data
@@ -267,6 +274,8 @@ def main() -> None:
             rows.append(r)
 
     cols = ["system", "model", "mode", "precision", "batch_size", "samples_per_s", "peak_rss_mib"]
+    if args.nproc > 1:
+        cols.insert(4, "processes")
     if args.peers:
         cols.append("ratio_mtlrec_fp32_over_peer")
     print(("*quick run*\n\n" if args.quick else "") + markdown_table(rows, cols))

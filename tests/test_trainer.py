@@ -73,9 +73,12 @@ def test_masked_task_metrics_use_sample_space(tiny_bundle):
 
 
 def test_precision_is_checked(monkeypatch):
+    from mtlrec.errors import UserError
     from mtlrec.train import precision
 
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(UserError, match="expected one of"):
+        precision.check_precision("fp8")
+    with pytest.raises(UserError, match="needs a CUDA device"):
         precision.check_precision("fp16")
     monkeypatch.setattr(precision, "cpu_flags", lambda: ["avx2", "fma"])
     with pytest.warns(RuntimeWarning, match="emulated"):

@@ -43,6 +43,7 @@ def train(
     resume: bool = typer.Option(False, help="Continue each run that exists from its last.pt checkpoint"),
     overwrite: bool = typer.Option(False, help="Replace run folders that already exist"),
     quiet: bool = typer.Option(False, help="No progress bars"),
+    nproc: int = typer.Option(1, "--nproc", help="Train data-parallel in N local processes (torch elastic launcher)"),
 ) -> None:
     """Train the models of an experiment and print a comparison table (test metrics, mean ± std over seeds).
 
@@ -60,6 +61,17 @@ def train(
     from mtlrec.config import validate_config
     from mtlrec.experiment import apply_overrides, load_config, markdown_table, run_experiment, summarize
 
+    if nproc > 1:  # N workers run this command with --nproc 1 (see mtlrec.train.distributed)
+        from mtlrec.train.distributed import launch
+
+        kwargs = dict(
+            config=config, set_=set_, model=model, seeds=seeds, out=out, resume=resume, overwrite=overwrite, quiet=quiet, nproc=1
+        )
+        launch(nproc, train, kwargs)
+        return
+    from mtlrec.train.distributed import quiet_other_ranks
+
+    quiet_other_ranks()  # under torchrun / --nproc: only rank 0 prints
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")
     source = str(config) if config else "built-in default config"
@@ -112,6 +124,7 @@ def evaluate(
     run_dir: Path = typer.Argument(..., help="A run folder written by `mtlrec train` (holds run.json, best.pt)"),
     split: str = typer.Option("test", help="train, valid or test"),
     checkpoint: str = typer.Option("best", help="best or last"),
+    device: str = typer.Option("cpu", help="Where to score: cpu, cuda, cuda:N or auto (any run loads anywhere)"),
 ) -> None:
     """Evaluate a trained run on a split of its data set and print the metrics as JSON.
 
@@ -124,7 +137,7 @@ def evaluate(
     bundle = _bundle_for(info)
     if split not in bundle.splits:
         raise unknown_name("split", split, bundle.splits, where="--split")
-    scores = evaluate_model(model, bundle.splits[split])
+    scores = evaluate_model(model, bundle.splits[split], device=device)
     typer.echo(json.dumps({"run": str(run_dir), "split": split, "metrics": scores}, indent=2))
 
 
@@ -138,6 +151,7 @@ def predict(
     ),
     separator: str = typer.Option(",", help="CSV separator of --file"),
     checkpoint: str = typer.Option("best", help="best or last"),
+    device: str = typer.Option("cpu", help="Where to score: cpu, cuda, cuda:N or auto (any run loads anywhere)"),
 ) -> None:
     """Write one score column per task (probability for binary tasks, value for regression) to CSV or Parquet.
 
@@ -166,7 +180,7 @@ def predict(
         data = pre.transform(read_table(file, separator=separator), source=str(file), labels=False)
     else:
         data = _bundle_for(info).splits[split]
-    scores = predict_model(model, data)
+    scores = predict_model(model, data, device=device)
     table = pa.table({f"score_{k}": v for k, v in scores.items()})
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".parquet":

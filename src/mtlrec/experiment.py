@@ -50,6 +50,7 @@ from mtlrec.errors import UserError, unknown_name
 from mtlrec.models.registry import create_model
 from mtlrec.schema import TaskSpec
 from mtlrec.seeding import seed_everything  # noqa: F401  (re-exported: mtlrec.experiment.seed_everything)
+from mtlrec.train import distributed
 from mtlrec.train.trainer import TrainConfig, Trainer, evaluate
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -215,7 +216,8 @@ def run_one(
     stored = out_dir / "run.json" if out_dir else None
     if resume and stored is not None and stored.exists():
         check_resumable(out_dir, info)
-        write_json_atomic(stored, info)  # same run; the settings a resume may change are recorded
+        if distributed.is_writer():
+            write_json_atomic(stored, info)  # same run; the settings a resume may change are recorded
     try:
         model = create_model(model_name, bundle.layout, tasks, **copy.deepcopy(params))
     except TypeError as e:
@@ -281,10 +283,22 @@ def run_one(
         "params": params,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "data": bundle.meta,
+        **distributed_fields(trainer, train),
     }
-    if out_dir:
+    if out_dir and distributed.is_writer():
         write_json_atomic(out_dir / "result.json", row)
     return row
+
+
+def distributed_fields(trainer: Trainer, train: TrainConfig) -> dict[str, Any]:
+    """Where a run trained: device, precision, number of processes and the global batch size."""
+    world = distributed.world_size()
+    return {
+        "device": str(trainer.device),
+        "precision": train.precision,
+        "world_size": world,
+        "global_batch_size": train.batch_size,
+    }
 
 
 def load_run(run_dir: str | Path, which: str = "best"):
@@ -396,7 +410,8 @@ def run_experiment(
         raise UserError(
             f"{taken[0]} already holds a run{more}; pass --resume to continue it or --overwrite to replace it"
         )
-    bundle = load_data({"data": {"name": exp.data.name, "params": exp.data.params}})
+    with distributed.rank_zero_first():  # preparation and caching once; the other ranks then read the cache
+        bundle = load_data({"data": {"name": exp.data.name, "params": exp.data.params}})
     check_monitor(exp, bundle)
     if resume:  # every resumed run must be the stored one: refuse before anything trains
         for m, seed, run_dir in plan:
@@ -408,7 +423,7 @@ def run_experiment(
         settings = exp.model_train(m)
         loggers = settings.get("loggers") or []
         again = resume and holds_run(run_dir)
-        if overwrite and not again and run_dir.exists():
+        if overwrite and not again and run_dir.exists() and distributed.is_writer():
             shutil.rmtree(run_dir)
         epochs = settings.get("epochs", TrainConfig.epochs)
 
@@ -441,7 +456,8 @@ def run_experiment(
                 "error": str(e),
             }
         rows.append(row)
-        record_result(out / "results.jsonl", row)
+        if distributed.is_writer():
+            record_result(out / "results.jsonl", row)
         if on_result:
             on_result(row)
     return rows

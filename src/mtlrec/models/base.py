@@ -78,7 +78,9 @@ class MultiTaskModel(nn.Module):
     gives per-task settings); ``tower_dropout``; ``activation``; ``sparse_embedding`` (sparse gradients on the fused
     table); ``embedding_l2`` (L2 on the embedding rows a batch looks up, added as the aux loss ``embedding_l2``);
     ``numeric_mode``: ``embed`` (each numeric feature becomes a field ``x_j v_j``) or ``dense`` (numeric features
-    are passed raw beside the flattened embeddings, as the MMoE synthetic experiment feeds ``x``).
+    are passed raw beside the flattened embeddings, as the MMoE synthetic experiment feeds ``x``);
+    ``embedding_backend``: ``fused`` (one table, default) or ``torchrec`` (a TorchRec EmbeddingBagCollection, one
+    table per field, shardable over ranks; the ``mtlrec[torchrec]`` extra).
 
     ``no_grad_parameters``: glob patterns of parameter names that may legitimately get no gradient on a training
     step (a sampled or gated-off part); the model contract test (tests/test_model_contract.py) exempts exactly those.
@@ -101,6 +103,7 @@ class MultiTaskModel(nn.Module):
         embedding_l2: float = 0.0,
         numeric_mode: str = "embed",
         embedding_copies: int = 1,
+        embedding_backend: str = "fused",
     ) -> None:
         super().__init__()
         if not tasks:
@@ -114,9 +117,18 @@ class MultiTaskModel(nn.Module):
         if numeric_mode not in ("embed", "dense"):
             raise ValueError(f"numeric_mode must be 'embed' or 'dense', got {numeric_mode!r}")
         self.numeric_mode = numeric_mode
-        self.embedding = FusedEmbedding(
-            layout, embedding_dim * embedding_copies, sparse=sparse_embedding, embed_numeric=numeric_mode == "embed"
-        )
+        if embedding_backend == "torchrec":  # one table per field, shardable over ranks (layers/torchrec_embedding.py)
+            from mtlrec.layers.torchrec_embedding import TorchRecEmbedding
+
+            self.embedding = TorchRecEmbedding(
+                layout, embedding_dim * embedding_copies, embed_numeric=numeric_mode == "embed"
+            )
+        elif embedding_backend == "fused":
+            self.embedding = FusedEmbedding(
+                layout, embedding_dim * embedding_copies, sparse=sparse_embedding, embed_numeric=numeric_mode == "embed"
+            )
+        else:
+            raise ValueError(f"embedding_backend must be 'fused' or 'torchrec', got {embedding_backend!r}")
         self.num_fields = self.embedding.num_fields
         self.dense_dim = len(layout.numeric) if numeric_mode == "dense" else 0
         self.input_dim = self.num_fields * embedding_dim + self.dense_dim

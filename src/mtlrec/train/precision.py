@@ -1,4 +1,5 @@
-"""Numeric precision of training and inference: fp32, or bf16 CPU autocast where the CPU computes bf16 natively."""
+"""Numeric precision of training and inference: ``fp32``; ``bf16`` autocast on CPU (where the CPU computes bf16
+natively) and CUDA; ``fp16`` autocast with a gradient scaler, on CUDA only."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = ("fp32", "bf16")
+from mtlrec.errors import UserError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
 # flags worth recording beside a benchmark figure (the fp32/bf16 GEMM paths they enable differ a lot in speed)
 INTERESTING_FLAGS = (
     "avx2",
@@ -43,11 +46,26 @@ def bf16_supported() -> bool:
     return bool(set(cpu_flags()) & {"avx512_bf16", "amx_bf16"})
 
 
-def check_precision(precision: str) -> str:
-    """Validate ``precision``; warn when bf16 is asked for on a CPU that would only emulate it (slower than fp32)."""
+def _device_type(device: torch.device | str | None) -> str:
+    if device is None:
+        return "cpu"
+    return torch.device(device).type
+
+
+def check_precision(precision: str, device: torch.device | str | None = None) -> str:
+    """Validate ``precision`` for ``device`` (default CPU): fp16 needs CUDA; bf16 on a CPU that would only
+    emulate it warns (slower than fp32); bf16 on a GPU without bf16 support is an error."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "bf16" and not bf16_supported():
+        raise UserError(f"train.precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    kind = _device_type(device)
+    if precision == "fp16" and kind != "cuda":
+        raise UserError(
+            f"train.precision: 'fp16' (autocast with a gradient scaler) needs a CUDA device, this run is on {kind!r}; "
+            "use 'bf16' or 'fp32' there"
+        )
+    if precision == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("train.precision: 'bf16' but this GPU has no bf16 support; use 'fp16' or 'fp32'")
+    if precision == "bf16" and kind == "cpu" and not bf16_supported():
         warnings.warn(
             "precision 'bf16': this CPU has neither avx512_bf16 nor AMX, so bf16 is emulated and usually slower "
             "than fp32; use precision 'fp32' here",
@@ -57,10 +75,22 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def autocast(precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context of ``precision`` (a no-op for fp32)."""
+def autocast(precision: str, device: torch.device | str | None = None) -> contextlib.AbstractContextManager:
+    """The autocast context of ``precision`` on ``device`` (default CPU; a no-op for fp32)."""
+    kind = _device_type(device)
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        return torch.autocast(kind, dtype=torch.bfloat16)
+    if precision == "fp16":
+        check_precision(precision, device)
+        return torch.autocast(kind, dtype=torch.float16)
+    raise UserError(f"train.precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def grad_scaler(precision: str, device: torch.device | str | None = None) -> torch.amp.GradScaler | None:
+    """A :class:`torch.amp.GradScaler` for fp16 training on CUDA; None for every other precision."""
+    if precision != "fp16":
+        return None
+    check_precision(precision, device)
+    return torch.amp.GradScaler("cuda")

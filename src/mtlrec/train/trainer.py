@@ -24,8 +24,10 @@ from mtlrec.data.preprocess import EncodedData
 from mtlrec.errors import NonFiniteLoss, RunInterrupted, UserError, unknown_name
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.train import checkpoint as ckpt
+from mtlrec.train import distributed
+from mtlrec.train.device import FiniteFlag, model_device, move_batch, resolve_device, set_tf32
 from mtlrec.train.optim import build_optimizers
-from mtlrec.train.precision import PRECISIONS, autocast, check_precision
+from mtlrec.train.precision import PRECISIONS, autocast, check_precision, grad_scaler
 from mtlrec.train.weighting import WeightingStrategy, create_weighting, list_weightings
 
 
@@ -34,8 +36,10 @@ class TrainConfig:
     """Training settings. ``monitor``: the validation metric for early stopping and model selection, written
     ``task.metric`` (e.g. ``income.auc``) or ``mean.metric`` (mean over the tasks that report it); default: the
     first task's first metric. ``checkpoint_every``: also write the last checkpoint every N steps (0: only at
-    epoch ends). ``precision``: ``fp32`` or ``bf16`` (CPU autocast). Invalid values raise
-    :class:`~mtlrec.errors.UserError` naming ``train.<field>`` when the config is built."""
+    epoch ends). ``precision``: ``fp32``, ``bf16`` (autocast on CPU and CUDA) or ``fp16`` (CUDA autocast with a
+    gradient scaler). ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``. ``tf32``: TF32
+    matmuls on CUDA. Invalid values raise :class:`~mtlrec.errors.UserError` naming ``train.<field>`` when the
+    config is built."""
 
     epochs: int = 10
     batch_size: int = 2048
@@ -54,6 +58,8 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     grad_clip: float | None = None
+    device: str = "auto"
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -127,10 +133,13 @@ def evaluate(
     precision: str = "fp32",
     *,
     should_stop: Callable[[], bool] | None = None,
+    device=None,
 ) -> dict[str, dict[str, float]]:
     """Each task's metrics over its sample space (rows whose mask is 1) as plain floats, GAUC over the task's
-    ``group`` and a funnel model's CTCVR (:func:`mtlrec.metrics.score_tasks`)."""
-    return M.score_tasks(model, data, predict(model, data, batch_size, precision, should_stop=should_stop))
+    ``group`` and a funnel model's CTCVR (:func:`mtlrec.metrics.score_tasks`), computed on CPU from the scores of
+    the whole split (under several processes every rank scores a slice and the scores are gathered)."""
+    preds = predict(model, data, batch_size, precision, should_stop=should_stop, device=device)
+    return M.score_tasks(model, data, preds)
 
 
 @torch.no_grad()
@@ -142,24 +151,32 @@ def predict(
     logits: bool = False,
     *,
     should_stop: Callable[[], bool] | None = None,
+    device=None,
 ) -> dict[str, np.ndarray]:
     """Scores for every row, in row order: probabilities (binary tasks) or values (regression tasks); with
     ``logits`` the heads' raw outputs (pre-sigmoid for binary tasks). ``should_stop`` is asked between batches;
-    when it returns True, :class:`EvaluationStopped` is raised."""
+    when it returns True, :class:`EvaluationStopped` is raised. Runs on ``device`` (moving the model there;
+    default: where the model is), in batches; the scores come back to the host once."""
+    dev = resolve_device(device, where="--device") if device is not None else model_device(model)
+    model.to(dev)
+    ctx = distributed.current()
+    if ctx is not None:  # every rank scores a contiguous slice; gathered below in row order
+        data = data.take(slice(*distributed.shard_bounds(len(data), ctx.world_size, ctx.rank)))
     was_training = model.training
     model.eval()
-    chunks: dict[str, list[np.ndarray]] = {t: [] for t in model.task_names}
+    chunks: dict[str, list[torch.Tensor]] = {t: [] for t in model.task_names}
     try:
         for batch in BatchIterator(data, batch_size).epoch(0):
             if should_stop is not None and should_stop():
                 raise EvaluationStopped
-            with autocast(precision):
-                out = model(batch)
+            with autocast(precision, dev):
+                out = model(move_batch(batch, dev))
             for t, v in (out.logits if logits else model.predict_proba(out)).items():
-                chunks[t].append(v.float().numpy())
+                chunks[t].append(v.float())
     finally:
         model.train(was_training)
-    return {t: np.concatenate(v) if v else np.zeros(0, np.float32) for t, v in chunks.items()}
+    scores = {t: torch.cat(v).cpu().numpy() if v else np.zeros(0, np.float32) for t, v in chunks.items()}
+    return {t: distributed.gather_rows(v, dev) for t, v in scores.items()}
 
 
 def resolve_monitor(model: MultiTaskModel, monitor: str | None) -> tuple[str, str, bool]:
@@ -217,7 +234,20 @@ class Trainer:
         self.model = model
         self.cfg = config
         config.validate()
-        check_precision(config.precision)
+        self.device = resolve_device(config.device)
+        self.dist = distributed.current()
+        self.writer = distributed.is_writer()  # only rank 0 writes files
+        check_precision(config.precision, self.device)
+        set_tf32(config.tf32, self.device)
+        model.to(self.device)
+        distributed.broadcast_parameters(model)
+        self.scaler = grad_scaler(config.precision, self.device)
+        if self.scaler is not None and config.weighting in ("gradnorm", "pcgrad"):
+            raise UserError(
+                f"train.weighting: {config.weighting!r} forms per-task gradients, which fp16 loss "
+                "scaling would skew; use train.precision 'bf16' or 'fp32' with it"
+            )
+        self._finite = FiniteFlag()
         self.out_dir = Path(out_dir) if out_dir else None
         self.run_info = run_info
         self.monitor_task, self.monitor_metric, self.higher_better = resolve_monitor(model, config.monitor)
@@ -253,28 +283,51 @@ class Trainer:
         return f"{self.monitor_task}.{self.monitor_metric}"
 
     # ---- one optimisation step -----------------------------------------------------------------------------
-    def train_step(self, batch) -> tuple[float, torch.Tensor]:
+    def train_step(self, batch, global_rows: int | None = None) -> tuple[float | torch.Tensor, torch.Tensor]:
+        """One optimisation step; returns the total loss (a float on CPU; a detached device tensor on a GPU, read
+        back at a pace) and the detached task losses. ``global_rows``: the rows of the global batch ``batch`` is
+        this rank's share of (default: ``len(batch)``)."""
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        with autocast(self.cfg.precision):
+        batch = move_batch(batch, self.device)
+        with autocast(self.cfg.precision, self.device):
             out = self.model(batch)
-        losses = self.model.task_losses(out, batch)
+        # under several processes: the losses of the global batch (see train/distributed.py); identity otherwise
+        losses = distributed.global_task_losses(self.model.task_losses(out, batch), batch.masks)
         total = self.weighting.combine(losses, self.state["epoch"])
         for aux in out.aux_losses.values():
-            total = total + aux.float()
+            total = total + distributed.global_aux_loss(aux.float(), len(batch), global_rows or len(batch))
         loss = self.checked_loss(total, batch)
-        self.weighting.backward(total, losses, self.model.shared_parameters())
+        scaled = total if self.scaler is None else self.scaler.scale(total)
+        self.weighting.backward(scaled, losses, self.model.shared_parameters())
+        distributed.sync_gradients([p for o in self.optimizers for g in o.param_groups for p in g["params"]])
+        if self.scaler is not None:
+            for opt in self.optimizers:
+                self.scaler.unscale_(opt)
         if self.cfg.grad_clip:
             dense = [p for p in self.model.parameters() if p.grad is not None and not p.grad.is_sparse]
             torch.nn.utils.clip_grad_norm_(dense, self.cfg.grad_clip)
         for opt in self.optimizers:
-            opt.step()
+            if self.scaler is None:
+                opt.step()
+            else:
+                self.scaler.step(opt)
+        if self.scaler is not None:
+            self.scaler.update()
         return loss, losses.detach()
 
-    def checked_loss(self, total: torch.Tensor, batch) -> float:
-        """The step's loss as a float; :class:`~mtlrec.errors.NonFiniteLoss` when it is NaN/inf. Called before the
-        backward pass, so a bad batch never reaches the weights and the last checkpoint stays the last good state.
-        One host read per step (the loss is logged anyway); a device path may pace this read."""
+    def checked_loss(self, total: torch.Tensor, batch) -> float | torch.Tensor:
+        """The step's loss; :class:`~mtlrec.errors.NonFiniteLoss` when it is NaN/inf. Called before the backward
+        pass, so a bad batch never reaches the weights and the last checkpoint stays the last good state. On CPU one
+        host read per step (the loss is logged anyway); on a GPU a device flag read back every few steps
+        (:class:`~mtlrec.train.device.FiniteFlag`), so no step waits for the device."""
+        if self.device.type != "cpu":
+            if self._finite.bad(total, self.state["step"]):
+                raise NonFiniteLoss(
+                    f"loss became non-finite at step {self._finite.first_bad_step + 1} (checked at a pace on "
+                    f"{self.device}); lower train.lr or set train.grad_clip; the last checkpoint is the last good state"
+                )
+            return total.detach()
         loss = float(total.detach())
         if not math.isfinite(loss):
             raise NonFiniteLoss(self._non_finite_cause(batch, loss))
@@ -309,6 +362,8 @@ class Trainer:
     # ---- checkpoints ---------------------------------------------------------------------------------------
     def _checkpoint_state(self) -> dict[str, Any]:
         """Tensors and plain values only (loadable with ``weights_only=True``)."""
+        if "epoch_task_loss" in self.state:
+            self._host_epoch_sums()
         return {
             "model": self.model.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
@@ -320,13 +375,13 @@ class Trainer:
         }
 
     def save_last(self) -> None:
-        if self.out_dir:
+        if self.out_dir and self.writer:
             self._claim_run_folder()
             ckpt.save_rotating(self._checkpoint_state(), self.out_dir / "last.pt")
             self._write_run_info()
 
     def _save_best(self, epoch: int, value: float) -> None:
-        if self.out_dir:
+        if self.out_dir and self.writer:
             self._claim_run_folder()
             state = {
                 "model": self.model.state_dict(),
@@ -465,13 +520,14 @@ class Trainer:
         after every completed step (``step`` 1-based), ``on_epoch_end(record)`` after every epoch's checkpoint."""
         cfg = self.cfg
         self.check_data(train, valid)
-        if self.out_dir:
+        if self.out_dir and self.writer:
             ckpt.remove_stale_tmp(self.out_dir)
             if self._resumed:
                 self._write_log()  # a kill between last.pt and log.jsonl left the log one epoch short
         if not self._resumed and self.state["step"] == 0 and self.state["batch"] == 0:
             torch.manual_seed(cfg.seed)
-        it = BatchIterator(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        # this rank's share of each global batch (the whole batch in one process)
+        it = distributed.ShardedBatches(BatchIterator(train, cfg.batch_size, shuffle=True, seed=cfg.seed), self.dist)
         num_batches = it.num_batches()
         self.model.train()
         with _StopSignals(self):
@@ -495,6 +551,7 @@ class Trainer:
                 except EvaluationStopped:
                     self._interrupt(f"during the validation of epoch {epoch + 1}/{cfg.epochs}")
                 self._end_epoch(epoch, scores)
+                distributed.barrier()  # best.pt/last.pt are complete before any rank reads them
                 if on_epoch_end:
                     on_epoch_end(self.state["history"][-1])
                 if self._stop_requested():
@@ -504,15 +561,18 @@ class Trainer:
     def _train_epoch(self, it, epoch: int, num_batches: int, max_steps, on_step) -> bool:
         """Train the rest of epoch ``epoch``; True when ``max_steps`` was reached (the checkpoint is written)."""
         cfg, st = self.cfg, self.state
-        bar = _progress(num_batches, st["batch"], f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
+        bar = _progress(num_batches, st["batch"], f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and self.writer)
         t0 = time.perf_counter()
         try:
             for batch in it.epoch(epoch, start_batch=st["batch"]):
-                loss, task_losses = self.train_step(batch)
-                st["epoch_task_loss"] += task_losses.double().cpu()
+                loss, task_losses = self.train_step(batch, it.last_global_size)
+                # accumulated where the losses are (no host round trip per step on a GPU)
+                if st["epoch_task_loss"].device != task_losses.device:
+                    st["epoch_task_loss"] = st["epoch_task_loss"].to(task_losses.device)
+                st["epoch_task_loss"] += task_losses.double()
                 st["epoch_batches"] += 1
-                st["epoch_loss_sum"] += loss
-                st["epoch_samples"] += len(batch)
+                st["epoch_loss_sum"] = st["epoch_loss_sum"] + loss
+                st["epoch_samples"] += it.last_global_size
                 st["batch"] += 1
                 st["step"] += 1
                 if bar is not None:
@@ -520,16 +580,18 @@ class Trainer:
                     if st["batch"] % 10 == 0:
                         elapsed = st["epoch_seconds"] + time.perf_counter() - t0
                         bar.set_postfix(  # shown at the next redraw, which mininterval paces
-                            loss=f"{st['epoch_loss_sum'] / st['epoch_batches']:.4f}",
+                            loss=f"{float(st['epoch_loss_sum']) / st['epoch_batches']:.4f}",
                             samples_s=f"{st['epoch_samples'] / max(elapsed, 1e-9):,.0f}",
                             refresh=False,
                         )
                 if on_step:
-                    on_step(st["step"], loss)
+                    on_step(st["step"], float(loss))
                 if max_steps is not None and st["step"] >= max_steps:
                     st["epoch_seconds"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
+                    self._host_epoch_sums()
                     self.save_last()
+                    distributed.barrier()
                     return True
                 if self._stop_requested():
                     st["epoch_seconds"] += time.perf_counter() - t0
@@ -546,7 +608,11 @@ class Trainer:
     def _end_epoch(self, epoch: int, scores: dict[str, dict[str, float]]) -> None:
         """Model selection, the weighting's epoch hook, the epoch's log record (``log.jsonl``) and ``last.pt``."""
         st = self.state
-        value = monitored_value(scores, self.monitor_task, self.monitor_metric)
+        if self._finite.flush():  # a non-finite loss since the last read-back (GPU)
+            raise NonFiniteLoss(f"loss became non-finite at step {self._finite.first_bad_step + 1}; lower train.lr")
+        self._host_epoch_sums()
+        # metrics over the whole validation split are the same on every rank; rank 0's decision is final
+        value = distributed.broadcast_object(monitored_value(scores, self.monitor_task, self.monitor_metric))
         improved = self._is_improvement(value)
         if improved:
             st.update(best_value=value, best_epoch=epoch + 1, bad_epochs=0)
@@ -575,6 +641,12 @@ class Trainer:
         st["stopped_early"] = st["bad_epochs"] >= self.cfg.patience
         self.save_last()
         self._write_log()
+
+    def _host_epoch_sums(self) -> None:
+        """The epoch's loss sums as host values (they live on the device during a GPU epoch)."""
+        st = self.state
+        st["epoch_task_loss"] = st["epoch_task_loss"].cpu()
+        st["epoch_loss_sum"] = float(st["epoch_loss_sum"])
 
     # ---- interruption --------------------------------------------------------------------------------------
     def _stop_requested(self) -> bool:
@@ -613,7 +685,7 @@ class Trainer:
 
     def _write_log(self) -> None:
         """``log.jsonl`` rewritten from the saved history: each finished epoch exactly once, in order."""
-        if self.out_dir:
+        if self.out_dir and self.writer:
             text = "".join(json.dumps(r) + "\n" for r in self.state["history"])
             ckpt.atomic_write_text(self.out_dir / "log.jsonl", text)
 

@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from mtlrec.train import distributed
+
 _STRATEGIES: dict[str, type] = {}
 
 
@@ -167,7 +169,8 @@ def task_gradients(losses: torch.Tensor, params: Sequence[torch.Tensor]) -> torc
                 [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params, strict=True)]
             )
         )
-    return torch.stack(rows).float()
+    # under several processes: the global batch's per-task gradients (a no-op in one process)
+    return distributed.average_across_ranks(torch.stack(rows).float())
 
 
 def _add_flat_to_grads(params: Sequence[torch.Tensor], delta: torch.Tensor) -> None:
