@@ -56,7 +56,7 @@ def small(tiny_bundle):
         ("embedding_lr", 0, r"^train\.embedding_lr: must be > 0"),
         ("weight_decay", -0.1, r"^train\.weight_decay: must be >= 0"),
         ("checkpoint_every", -1, r"^train\.checkpoint_every: must be >= 0"),
-        ("precision", "fp16", r"^train\.precision: unknown precision 'fp16'.*expected one of: bf16, fp32$"),
+        ("precision", "fp8", r"^train\.precision: unknown precision 'fp8'.*expected one of: bf16, fp16, fp32$"),
         (
             "weighting",
             "uncertainity",
