@@ -122,7 +122,7 @@ def test_two_processes_same_validation_and_test_auc(runs):
 def test_rank_zero_writes_and_resume(runs):
     _, two, out = runs
     lines = (out / "full" / "log.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and json.loads(lines[0])["epoch"] == 0  # one writer: not one line per rank
+    assert len(lines) == 2 and json.loads(lines[0])["epoch"] == 1  # one writer: not one line per rank (1-based)
     assert (out / "full" / "best.pt").exists() and not list(out.rglob("*.tmp"))
     for r in (0, 1):
         assert two[r]["resume_diff"] < 1e-5 and two[r]["last_matches"]

@@ -464,8 +464,10 @@ class Trainer:
             )
 
     def _restore_run_info(self, state: dict[str, Any]) -> None:
-        """``run.json`` belongs with the checkpoint: rewrite it when a kill left it missing or out of date."""
-        text = state.get("run_info_json")
+        """``run.json`` belongs with the checkpoint: rewrite it when a kill left it missing or out of date. With
+        ``run_info`` given (and checked against the checkpoint's), the new one is recorded: the settings a resume may
+        change are the ones the rest of the run uses."""
+        text = _run_info_json(self.run_info) if self.run_info is not None else state.get("run_info_json")
         if not text:
             return
         target = self.out_dir / "run.json"
