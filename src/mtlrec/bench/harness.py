@@ -91,8 +91,13 @@ def execute_cell(cell: Cell, out_root: Path) -> dict[str, Any]:
         raise
     except Exception as e:  # noqa: BLE001 -- a failed cell is recorded and the grid goes on
         message = str(e).splitlines()[0] if str(e) else ""
-        return {**base, "model": cell.model, "status": "failed", "error": f"{type(e).__name__}: {message}",
-                "seconds": time.perf_counter() - t0}
+        return {
+            **base,
+            "model": cell.model,
+            "status": "failed",
+            "error": f"{type(e).__name__}: {message}",
+            "seconds": time.perf_counter() - t0,
+        }
     return {**row, **base, "status": "ok", "resumed": bool(resume), "seconds": time.perf_counter() - t0}
 
 

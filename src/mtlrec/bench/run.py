@@ -82,8 +82,21 @@ def build_payload(
         "cells": [
             {
                 k: r.get(k)
-                for k in ("key", "label", "model", "dataset_label", "seed", "status", "error", "best_epoch",
-                          "epochs_run", "seconds", "valid", "test", "resumed")
+                for k in (
+                    "key",
+                    "label",
+                    "model",
+                    "dataset_label",
+                    "seed",
+                    "status",
+                    "error",
+                    "best_epoch",
+                    "epochs_run",
+                    "seconds",
+                    "valid",
+                    "test",
+                    "resumed",
+                )
                 if k in r
             }
             | ({"best_epoch": r["best_epoch"] + 1} if r.get("status") == "ok" else {})

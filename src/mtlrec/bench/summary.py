@@ -122,7 +122,9 @@ def check_expected(summary: list[dict[str, Any]], expected: dict[str, dict[str, 
             hits = [
                 s
                 for s in test
-                if s["model"] == label and s["task"] == task and s["metric"] == metric
+                if s["model"] == label
+                and s["task"] == task
+                and s["metric"] == metric
                 and (not dataset or s.get("dataset") == dataset)
             ]
             for s in hits or [None]:
@@ -200,7 +202,11 @@ def markdown_report(payload: dict[str, Any]) -> str:
     parts = [
         f"## {payload['benchmark']}"
         + (" (QUICK: a pipeline check, no quality claim)" if payload.get("quick") else "")
-        + ("" if payload.get("complete") else f" — incomplete: {payload.get('cells_done')}/{payload.get('cells_total')} cells")
+        + (
+            ""
+            if payload.get("complete")
+            else f" — incomplete: {payload.get('cells_done')}/{payload.get('cells_total')} cells"
+        )
     ]
     for ds in datasets:
         mine = [r for r in rows if r.get("dataset") == ds and r["split"] == "test"]
@@ -212,7 +218,10 @@ def markdown_report(payload: dict[str, Any]) -> str:
         diffs = [r for r in mine if "_diff_vs_" in r["metric"]]
         if diffs:
             ref = diffs[0]["reference"]
-            parts.append(f"Difference to {ref} (model − {ref}), p: paired t-test over seeds:\n\n" + pivot_table(diffs, signed=True))
+            parts.append(
+                f"Difference to {ref} (model − {ref}), p: paired t-test over seeds:\n\n"
+                + pivot_table(diffs, signed=True)
+            )
         gains = [r for r in mine if r["metric"].startswith("mtl_gain_")]
         if gains:
             parts.append(
@@ -235,7 +244,9 @@ def markdown_report(payload: dict[str, Any]) -> str:
             mean = "–" if e["mean"] is None else f"{e['mean']:.4f}"
             verdict = {True: "pass", False: "FAIL", None: "no result"}[e["passed"]]
             name = f"{e['dataset']}/{e['model']}" if e.get("dataset") else e["model"]
-            lines.append(f"| {name} | {e['task']} | {e['metric']} | {e['direction']} {e['threshold']} | {mean} | {verdict} |")
+            lines.append(
+                f"| {name} | {e['task']} | {e['metric']} | {e['direction']} {e['threshold']} | {mean} | {verdict} |"
+            )
         parts.append("Expected thresholds (mean test metric):\n\n" + "\n".join(lines))
     failed = payload.get("failed") or []
     if failed:

@@ -47,8 +47,9 @@ def bench(
         echo=typer.echo,
     )
     for e in run.failed_thresholds:
-        typer.echo(f"threshold failed: {e['model']} {e['task']}.{e['metric']} {e['mean']:.4f} "
-                   f"not {e['direction']} {e['threshold']}", err=True)
+        mean = "no result" if e["mean"] is None else f"{e['mean']:.4f}"
+        what = f"{e['model']} {e['task']}.{e['metric']}"
+        typer.echo(f"threshold failed: {what} {mean}, expected {e['direction']} {e['threshold']}", err=True)
     raise typer.Exit(run.exit_code)
 
 
