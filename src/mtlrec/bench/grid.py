@@ -92,7 +92,7 @@ def prepare_config(
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
-    """``"0,1,2"`` → ``[0, 1, 2]``; a single number ``"5"`` → the first five seeds ``[0, …, 4]``."""
+    """``"0,1,2"`` → ``[0, 1, 2]``; a single number ``"5"`` → the first five seeds ``[0, …, 4]``; ``"3,"`` → ``[3]``."""
     if text is None or not str(text).strip():
         return None
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
@@ -102,9 +102,9 @@ def parse_seeds(text: str | None) -> list[int] | None:
         raise UserError(f"--seeds: expected a count (5) or a comma-separated list (0,1,2), got {text!r}") from None
     if len(values) == 1 and "," not in str(text):
         if values[0] < 1:
-            raise UserError(f"--seeds: a count must be at least 1, got {values[0]}")
+            raise UserError(f"--seeds: a count must be at least 1, got {values[0]} (seed 0 alone: --seeds 0,)")
         return list(range(values[0]))
-    return values
+    return list(dict.fromkeys(values))
 
 
 def _model_specs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -145,7 +145,8 @@ def _datasets(cfg: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
 
 def plan_grid(cfg: dict[str, Any], *, seeds: list[int] | None = None, models: list[str] | None = None) -> list[Cell]:
     """Every cell of the grid, seed-major (then data set, then model), so that an interrupted grid still has every
-    model with its first seeds. ``models`` picks entries by label (or registry name); ``seeds`` replaces the
+    model with its first seeds. ``models`` picks entries by label (or, for a
+    value that is no label, by registry name); ``seeds`` replaces the
     config's."""
     specs = _model_specs(cfg)
     if models:
@@ -154,7 +155,8 @@ def plan_grid(cfg: dict[str, Any], *, seeds: list[int] | None = None, models: li
         for m in models:
             if m not in labels and m not in names:
                 raise unknown_name("model label", m, labels, where="--models")
-        specs = [s for s in specs if s["label"] in models or s["name"] in models]
+        # a value names a label; one that is no label names every entry of that registry model
+        specs = [s for s in specs if s["label"] in models or (s["name"] in models and s["name"] not in labels)]
     seeds = list(seeds if seeds is not None else cfg.get("seeds", [0]))
     if not seeds:
         raise UserError("seeds: expected at least one seed")
