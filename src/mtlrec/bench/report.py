@@ -87,7 +87,7 @@ def curve_png(run: RunFolder, path: Path) -> Path | None:
 
     epochs = list(range(1, len(run.log) + 1))
     tasks = list(dict.fromkeys(t for rec in run.log for t in (rec.get("valid") or {})))
-    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(3.2 * (1 + len(tasks)), 2.6), dpi=90, squeeze=False)
+    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(3.6 * (1 + len(tasks)), 2.6), dpi=90, squeeze=False)
     ax = axes[0][0]
     ax.plot(epochs, [rec.get("train_loss") for rec in run.log], marker="o", ms=3)
     task_loss = [rec.get("train_task_loss") for rec in run.log]
@@ -100,18 +100,18 @@ def curve_png(run: RunFolder, path: Path) -> Path | None:
     for i, task in enumerate(tasks, 1):
         ax = axes[0][i]
         metrics = list(dict.fromkeys(m for rec in run.log for m in (rec.get("valid") or {}).get(task, {})))
-        for metric in metrics:
-            ax.plot(
-                epochs,
-                [(rec.get("valid") or {}).get(task, {}).get(metric) for rec in run.log],
-                marker="o",
-                ms=3,
-                label=metric,
-            )
+        handles = []
+        # the first (selection) metric on the left axis, a second one on its own right axis (scales differ)
+        for k, metric in enumerate(metrics[:2]):
+            target = ax if k == 0 else ax.twinx()
+            values = [(rec.get("valid") or {}).get(task, {}).get(metric) for rec in run.log]
+            (h,) = target.plot(epochs, values, marker="o", ms=3, color=f"C{k}", ls="-" if k == 0 else "--")
+            target.set_ylabel(metric, color=f"C{k}")
+            handles.append((h, metric))
         if best is not None:
-            ax.axvline(int(best) + 1, color="grey", ls=":", lw=1, label="selected")
-        ax.set(title=f"{task}: validation", xlabel="epoch", ylabel="metric")
-        ax.legend(fontsize=7)
+            handles.append((ax.axvline(int(best) + 1, color="grey", ls=":", lw=1), "selected"))
+        ax.set(title=f"{task}: validation", xlabel="epoch")
+        ax.legend([h for h, _ in handles], [n for _, n in handles], fontsize=7)
     for row in axes:
         for a in row:
             a.xaxis.get_major_locator().set_params(integer=True)
