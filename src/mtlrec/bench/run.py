@@ -61,8 +61,9 @@ def build_payload(
     diffs = paired_rows(summary, baseline)
     gains = paired_rows(summary, bench.get("single_task"), gain=True)
     expected = check_expected(summary, bench.get("expected"))
-    if result.complete:  # every cell is done: a threshold without a result names no model/task of the grid
-        expected = [{**e, "passed": False} if e["passed"] is None else e for e in expected]
+    if result.complete:  # every cell is done: a threshold of a model in the grid without a result names no task
+        labels = {c.label for c in cells}
+        expected = [{**e, "passed": False} if e["passed"] is None and e["model"] in labels else e for e in expected]
     return {
         "benchmark": str(cfg.get("name") or "bench"),
         "command": command,
@@ -124,10 +125,12 @@ def run_bench(
     command: str | None = None,
     reference: str | Callable[[str], str | None] | None = None,
     echo: Callable[[str], None] = print,
+    prepared: bool = False,
 ) -> BenchRun:
     """Plan, run (resumably) and summarise a benchmark config; the JSON goes to ``<out>/bench.json`` and, when
-    given, ``json_out``, rewritten after every cell. Returns the payload and the exit code to use."""
-    cfg = prepare_config(config, overrides=overrides, quick=quick)
+    given, ``json_out``, rewritten after every cell. Returns the payload and the exit code to use. ``prepared``:
+    ``config`` is a dict already through :func:`prepare_config` (quick settings merged, overrides applied)."""
+    cfg = config if prepared else prepare_config(config, overrides=overrides, quick=quick)
     seed_list = parse_seeds(seeds) if isinstance(seeds, str) or seeds is None else list(seeds)
     cells = plan_grid(cfg, seeds=seed_list, models=models)
     out = Path(out) if out else default_out(cfg, quick)

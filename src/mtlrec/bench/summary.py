@@ -217,9 +217,10 @@ def markdown_report(payload: dict[str, Any]) -> str:
             parts.append("Test split, mean ± std over seeds (validation-selected):\n\n" + pivot_table(quality))
         diffs = [r for r in mine if "_diff_vs_" in r["metric"]]
         if diffs:
-            ref = diffs[0]["reference"]
+            refs = list(dict.fromkeys(r["reference"] for r in diffs))
+            ref = refs[0] if len(refs) == 1 else "each model's reference (" + ", ".join(refs) + ")"
             parts.append(
-                f"Difference to {ref} (model − {ref}), p: paired t-test over seeds:\n\n"
+                f"Difference to {ref} (model − reference), p: paired t-test over seeds:\n\n"
                 + pivot_table(diffs, signed=True)
             )
         gains = [r for r in mine if r["metric"].startswith("mtl_gain_")]
