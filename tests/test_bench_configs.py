@@ -178,3 +178,22 @@ def test_dtn_importance_from_its_run_folder(tmp_path: Path):
     assert set(imp) == {"income", "marital"} and "education" in imp["income"]
     field, table = dtn.write_importance(imp, tmp_path / "x.json", {"n_repeats": 1, "max_rows": 100})
     assert (tmp_path / "x_importance.png").exists() and field["plot"] == "x_importance.png" and "education" in table
+
+
+def test_vg_study_config_is_the_scripts_generator_study():
+    vg = script("vg_study")
+    old = committed("vg_study")
+    cells, by = cells_by_label("vg_study")
+    configs = vg.configurations(list(vg.VARIANTS), list(vg.RELEVANCE))
+    assert list(by) == [label.replace("/", "-") for label, _, _ in configs]
+    for label, variant, relevance in configs:
+        assert by[label.replace("/", "-")].params == vg.vg_params("dephn", variant, relevance), label
+    assert by["no_vg"].train == {k: v for k, v in old["protocol"]["train"].items() if k != "progress"}
+    assert {c.seed for c in cells} == set(range(old["protocol"]["sizes"]["seeds"]))
+    sizes = old["protocol"]["sizes"]
+    for c in cells:
+        rel = old["protocol"]["data"][c.dataset]["relation"]
+        assert c.data == {
+            "name": "criteo_ru",
+            "params": {"relation": rel, "rows": sizes["rows"], "max_vocab": sizes["max_vocab"], "seed": 0},
+        }

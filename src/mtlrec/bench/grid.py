@@ -117,6 +117,8 @@ def _model_specs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         if "name" not in spec:
             raise UserError(f"models[{i}]: needs a name (a registry model, see `mtlrec models`)")
         spec["label"] = str(spec.get("label") or spec["name"])
+        if "/" in spec["label"]:
+            raise UserError(f"models[{i}]: label {spec['label']!r} names a folder: use no '/' in it")
         if spec["label"] in seen:
             raise UserError(f"models[{i}]: label {spec['label']!r} is used twice; give each entry its own label")
         seen.add(spec["label"])
@@ -136,6 +138,8 @@ def _datasets(cfg: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
         if not isinstance(d, dict) or "name" not in d:
             raise UserError(f"bench.datasets[{i}]: expected {{label, name, params}}")
         label = str(d.get("label") or d["name"])
+        if "/" in label:
+            raise UserError(f"bench.datasets[{i}]: label {label!r} names a folder: use no '/' in it")
         if label in seen:
             raise UserError(f"bench.datasets[{i}]: label {label!r} is used twice")
         seen.add(label)
