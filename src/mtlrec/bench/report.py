@@ -184,7 +184,7 @@ td:first-child,th:first-child{text-align:left}
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:12px}
 img{max-width:100%;border:1px solid #eee;margin:.3em 0}
 h1{font-size:1.6em}h2{font-size:1.3em;border-bottom:1px solid #ddd;padding-bottom:.2em}h3{font-size:1.1em}
-.run{margin-bottom:1.5em}
+.run{margin-bottom:1.5em}figure{margin:.4em 0}figcaption{font-size:12px;color:#666}
 """
 
 
@@ -240,9 +240,13 @@ def write_report(runs_dir: str | Path, out: str | Path) -> tuple[Path, Path]:
                 rel = Path("images") / f"explain_{i:03d}_{img.name}"
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 (out / rel).write_bytes(img.read_bytes())
-            md.append(f"![{img.stem}]({rel.as_posix()})\n")
+            caption = "learning curves" if img == png else f"explain/{img.name}"
+            md.append(f"![{caption}]({rel.as_posix()})\n")
             data = base64.b64encode(img.read_bytes()).decode()
-            body.append(f'<img alt="{html.escape(img.stem)}" src="data:image/png;base64,{data}">')
+            body.append(
+                f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
         body.append("</div>")
     out.mkdir(parents=True, exist_ok=True)
     md_path, html_path = out / "report.md", out / "report.html"
