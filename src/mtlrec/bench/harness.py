@@ -59,6 +59,25 @@ def _json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The epoch records of a ``log.jsonl`` in order, one per epoch (a repeated epoch keeps its last record)."""
+    records: dict[Any, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            records[rec.get("epoch", len(records))] = rec
+    return list(records.values())
+
+
+def logged_selected_epoch(run_dir: Path) -> int | None:
+    """The 1-based position of the last improving epoch in the run's log (whatever base its epoch field uses)."""
+    improved = [i for i, rec in enumerate(read_log(run_dir / "log.jsonl"), 1) if rec.get("improved")]
+    return improved[-1] if improved else None
+
+
 def execute_cell(cell: Cell, out_root: Path) -> dict[str, Any]:
     """Train one cell into its run folder and return its results row: ``status: ok`` with ``run_one``'s row, or
     ``status: failed`` with the error; a folder left by an interrupted run of the same settings is resumed."""
@@ -98,7 +117,15 @@ def execute_cell(cell: Cell, out_root: Path) -> dict[str, Any]:
             "error": f"{type(e).__name__}: {message}",
             "seconds": time.perf_counter() - t0,
         }
-    return {**row, **base, "status": "ok", "resumed": bool(resume), "seconds": time.perf_counter() - t0}
+    selected = logged_selected_epoch(run_dir)
+    return {
+        **row,
+        **base,
+        "status": "ok",
+        "resumed": bool(resume),
+        "seconds": time.perf_counter() - t0,
+        **({"selected_epoch": selected} if selected is not None else {}),
+    }
 
 
 def _init_worker(threads: int | None, out_root: str) -> None:

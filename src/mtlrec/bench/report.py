@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtlrec.bench.harness import logged_selected_epoch, read_log
 from mtlrec.bench.summary import markdown_report, pivot_table, summarize_cells
 from mtlrec.errors import UserError
 
@@ -36,19 +37,6 @@ def _json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def read_log(path: Path) -> list[dict[str, Any]]:
-    """The epoch records of a ``log.jsonl`` in order, one per epoch (a repeated epoch keeps its last record)."""
-    records: dict[Any, dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            records[rec.get("epoch", len(records))] = rec
-    return list(records.values())
 
 
 def find_runs(root: Path) -> list[RunFolder]:
@@ -96,7 +84,7 @@ def curve_png(run: RunFolder, path: Path) -> Path | None:
             ax.plot(epochs, [x.get(t) for x in task_loss], marker=".", lw=1, label=t)
         ax.legend(fontsize=7)
     ax.set(title="train loss", xlabel="epoch", ylabel="loss")
-    best = (run.result or {}).get("best_epoch")
+    best = logged_selected_epoch(run.path)
     for i, task in enumerate(tasks, 1):
         ax = axes[0][i]
         metrics = list(dict.fromkeys(m for rec in run.log for m in (rec.get("valid") or {}).get(task, {})))
@@ -109,7 +97,7 @@ def curve_png(run: RunFolder, path: Path) -> Path | None:
             target.set_ylabel(metric, color=f"C{k}")
             handles.append((h, metric))
         if best is not None:
-            handles.append((ax.axvline(int(best) + 1, color="grey", ls=":", lw=1), "selected"))
+            handles.append((ax.axvline(best, color="grey", ls=":", lw=1), "selected"))
         ax.set(title=f"{task}: validation", xlabel="epoch")
         ax.legend([h for h, _ in handles], [n for _, n in handles], fontsize=7)
     for row in axes:

@@ -13,7 +13,14 @@ from typing import Any
 from mtlrec.bench.grid import Cell, bench_section, parse_seeds, plan_grid, prepare_config
 from mtlrec.bench.harness import GridResult, run_grid
 from mtlrec.bench.meta import atomic_write_json, git_commit, machine_info, mtlrec_version, utc_now
-from mtlrec.bench.summary import check_expected, markdown_report, model_info, paired_rows, summarize_cells
+from mtlrec.bench.summary import (
+    check_expected,
+    markdown_report,
+    model_info,
+    paired_rows,
+    selected_epoch,
+    summarize_cells,
+)
 
 BENCH_JSON = "bench.json"
 
@@ -100,7 +107,7 @@ def build_payload(
                 )
                 if k in r
             }
-            | ({"best_epoch": r["best_epoch"] + 1} if r.get("status") == "ok" else {})
+            | ({"best_epoch": selected_epoch(r)} if r.get("status") == "ok" else {})
             for r in result.rows
         ],
         "failed": [{"key": r["key"], "error": r.get("error")} for r in result.failed],

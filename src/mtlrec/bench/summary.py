@@ -13,7 +13,10 @@ from mtlrec import metrics as M
 
 
 def selected_epoch(row: dict[str, Any]) -> int:
-    """The 1-based selected (best validation) epoch of a cell's row (``run_one`` records it 0-based)."""
+    """The 1-based selected (best validation) epoch of a cell's row: the harness's ``selected_epoch`` (counted in
+    the run's log), else ``run_one``'s ``best_epoch`` (0-based) + 1."""
+    if row.get("selected_epoch") is not None:
+        return int(row["selected_epoch"])
     return int(row["best_epoch"]) + 1
 
 
