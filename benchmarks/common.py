@@ -196,7 +196,9 @@ def run_bench_script(args: argparse.Namespace, name: str, overrides: list[str] |
     if args.epochs:
         sets.append(f"train.epochs={args.epochs}")
     cfg = prepare_config(args.config, quick=args.quick, overrides=sets + list(args.overrides))
-    if args.data_dir:
+    # the readers' own default is ../shared/data: only another folder goes into the config (and the cells'
+    # fingerprints, so that `mtlrec bench` and the script share the run folders of the default data)
+    if args.data_dir and Path(args.data_dir).resolve() != (ROOT.parent / "shared" / "data").resolve():
         for d in [cfg.get("data") or {}, *(bench_section(cfg).get("datasets") or [])]:
             if d:
                 d.setdefault("params", {})["data_dir"] = args.data_dir
