@@ -12,68 +12,25 @@ Usage from a script in ``benchmarks/``::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import multiprocessing
-import os
-import platform
 import resource
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from mtlrec.bench import meta as _meta
+from mtlrec.bench.meta import cpu_name, machine_info, mtlrec_version, utc_now  # noqa: F401  (re-exported)
 from mtlrec.train.precision import bf16_supported, cpu_flags  # noqa: F401  (re-exported to the scripts)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(threads: int | None = None) -> dict[str, Any]:
-    """``{"cpu", "cpu_flags", "threads", "torch", "python", "cores"}`` for the JSON ``machine`` field."""
-    import torch
-
-    return {
-        "cpu": cpu_name(),
-        "cpu_flags": cpu_flags(),
-        "threads": threads if threads is not None else torch.get_num_threads(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__.split("+")[0],
-        "python": platform.python_version(),
-    }
-
-
 def git_commit() -> str | None:
-    """The working tree's HEAD commit (with ``-dirty`` when tracked files differ), or None outside git."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src"], cwd=ROOT, capture_output=True)
-        return head + ("-dirty" if dirty.returncode == 1 else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def mtlrec_version() -> str:
-    try:
-        import mtlrec
-
-        return str(getattr(mtlrec, "__version__", "unknown"))
-    except ImportError:
-        return "unknown"
+    """The working tree's HEAD commit (with ``-dirty`` when tracked files under ``src`` differ), or None."""
+    return _meta.git_commit(ROOT)
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
@@ -97,10 +54,6 @@ def peak_rss_mib() -> float:
     """Peak resident set size of this process so far, in MiB."""
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return round(kib / 1024.0, 1)
-
-
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def default_out(name: str) -> Path:
@@ -132,24 +85,8 @@ def write_results(
     }
     if extra:
         payload.update(extra)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    _meta.atomic_write_json(path, payload)
     return path
-
-
-def _json_default(o: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:
-        pass
-    return str(o)
 
 
 def _fmt(v: Any, digits: int) -> str:
@@ -234,3 +171,50 @@ def run_jobs(jobs: list, n_jobs: int, init_args: tuple, fn: Callable, init: Call
     finally:
         pool.close()
         pool.join()
+
+
+def add_bench_options(p: argparse.ArgumentParser, config: Path) -> None:
+    """The options of a benchmark script that runs a ``configs/bench`` config on the harness (``mtlrec.bench``):
+    ``--config``, ``--runs-dir`` (the harness's out folder: run folders and ``results.jsonl``, so a rerun resumes),
+    ``--epochs`` (an epoch budget), ``--threads``/``--jobs``."""
+    p.add_argument("--config", default=str(config), help=f"benchmark config (default {display_path(config)})")
+    p.add_argument("--runs-dir", default=None, help="run folders; a rerun resumes there (default runs/bench/NAME)")
+    p.add_argument("--epochs", type=int, default=None, help="epoch budget (default: the config's)")
+    p.add_argument("--set", action="append", default=[], dest="overrides", help="config override key.sub=value")
+    add_parallel_options(p)
+
+
+def run_bench_script(args: argparse.Namespace, name: str, overrides: list[str] | None = None, **kw: Any):
+    """Run ``args.config`` on the harness with the contract's options translated: ``--data-dir`` (the config's
+    data and every ``bench.datasets`` entry), ``--seeds N`` (seeds 0..N-1; under ``--quick`` the config's quick
+    seeds), ``--models``, ``--epochs``, ``--out`` (the JSON, default ``benchmarks/results/NAME.json``). Returns the
+    harness's :class:`mtlrec.bench.run.BenchRun`."""
+    from mtlrec.bench.grid import bench_section, prepare_config
+    from mtlrec.bench.run import run_bench
+
+    sets = list(overrides or [])
+    if args.epochs:
+        sets.append(f"train.epochs={args.epochs}")
+    cfg = prepare_config(args.config, quick=args.quick, overrides=sets + list(args.overrides))
+    # the readers' own default is ../shared/data: only another folder goes into the config (and the cells'
+    # fingerprints, so that `mtlrec bench` and the script share the run folders of the default data)
+    if args.data_dir and Path(args.data_dir).resolve() != (ROOT.parent / "shared" / "data").resolve():
+        for d in [cfg.get("data") or {}, *(bench_section(cfg).get("datasets") or [])]:
+            if d:
+                d.setdefault("params", {})["data_dir"] = args.data_dir
+    out = Path(args.runs_dir) if args.runs_dir else None
+    if out is None:
+        out = ROOT / "runs" / "bench" / (name + ("-quick" if args.quick else ""))
+    return run_bench(
+        cfg,
+        out=out,
+        json_out=args.out or default_out(name),
+        jobs=args.jobs,
+        threads=args.threads,
+        seeds=None if args.quick else str(args.seeds),
+        models=parse_models(args.models, []) or None,
+        quick=args.quick,
+        prepared=True,
+        command=command_line(),
+        **kw,
+    )

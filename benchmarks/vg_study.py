@@ -41,7 +41,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from census_income import paired_rows  # noqa: E402
 from common import (  # noqa: E402
     add_parallel_options,
     base_parser,
@@ -52,6 +51,7 @@ from common import (  # noqa: E402
     write_results,
 )
 
+from mtlrec.bench import paired_rows  # noqa: E402
 from mtlrec.data.datasets.criteo import RELATIONS, build_criteo_ru  # noqa: E402
 from mtlrec.experiment import run_one, summarize, train_config  # noqa: E402
 from mtlrec.plugins.virtual_gradient import RELEVANCE, VARIANTS  # noqa: E402
@@ -166,7 +166,7 @@ def study_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         diffs = []
         for model in dict.fromkeys(r["registry_model"] for r in mine):
             own = [s for s in test if s["model"].startswith(f"{model}:")]
-            diffs += paired_rows(own, f"{model}:no_vg", gain=False, row_metric="auc_diff_vs_no_vg")
+            diffs += [{**r, "metric": "auc_diff_vs_no_vg"} for r in paired_rows(own, f"{model}:no_vg")]
         out += split_label(test + valid + diffs, dataset)
     return out
 
