@@ -58,8 +58,9 @@ def test_every_model_exports_with_parity(name, fmt, bundle, tmp_path):
     module = module_for(name, bundle)
     path = tmp_path / f"m.{fmt}"
     if (name, fmt) in UNSUPPORTED:
-        with pytest.raises(ExportUnsupported, match=rf"model '{name}' cannot be exported to {fmt}: .*"
-                           + UNSUPPORTED[(name, fmt)]):
+        with pytest.raises(
+            ExportUnsupported, match=rf"model '{name}' cannot be exported to {fmt}: .*" + UNSUPPORTED[(name, fmt)]
+        ):
             export_module(module, fmt, path, name)
         return
     export_module(module, fmt, path, name)

@@ -73,8 +73,12 @@ def build(
                 d["index"] = "1 + position of the value's text in vocabulary; null, empty or unlisted -> 0"
         elif isinstance(f, MultiValuedFeature):
             d.update(
-                input=f"multi_ids__{f.name}", separator=f.separator, max_len=f.max_len, pooling=f.pooling,
-                encoding="vocabulary", vocabulary=vocabs[f.name],
+                input=f"multi_ids__{f.name}",
+                separator=f.separator,
+                max_len=f.max_len,
+                pooling=f.pooling,
+                encoding="vocabulary",
+                vocabulary=vocabs[f.name],
                 index="split the text on separator (null -> empty text); each item: 1 + position in vocabulary, "
                 "empty or unlisted -> 0; keep the first max_len items, pad with 0 to max_len",
             )
@@ -109,12 +113,8 @@ def build(
         "version": VERSION,
         **(extra or {}),
         "missing": "a numeric value is missing when it is null, NaN or infinite; a categorical value when null",
-        "inputs": [
-            {**s.to_dict(), "fields": _fields_of(s.name, layout)} for s in inputs
-        ],
-        "outputs": [
-            {**s.to_dict(), **_output_kind(s.name, tasks)} for s in outputs
-        ],
+        "inputs": [{**s.to_dict(), "fields": _fields_of(s.name, layout)} for s in inputs],
+        "outputs": [{**s.to_dict(), **_output_kind(s.name, tasks)} for s in outputs],
         "features": features,
         "tasks": tasks,
         "schema": state["schema"],

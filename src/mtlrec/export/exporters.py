@@ -145,8 +145,14 @@ def _export_onnx(module: InferenceModule, example: tuple, path: Path) -> dict:
     axes = {n: {0: "batch"} for n in ins + outs}
     try:
         torch.onnx.export(
-            module, example, str(path), input_names=ins, output_names=outs, dynamic_axes=axes,
-            opset_version=ONNX_OPSET, dynamo=False,
+            module,
+            example,
+            str(path),
+            input_names=ins,
+            output_names=outs,
+            dynamic_axes=axes,
+            opset_version=ONNX_OPSET,
+            dynamo=False,
         )
         return {"exporter": "torch.onnx.export (TorchScript-based)", "opset": ONNX_OPSET}
     except Exception as first:  # noqa: BLE001 - fall back to the dynamo exporter
@@ -154,8 +160,14 @@ def _export_onnx(module: InferenceModule, example: tuple, path: Path) -> dict:
             raise  # a known limit of the graph itself: the dynamo exporter fails on it too, only slower
         try:
             prog = torch.onnx.export(
-                module, example, input_names=ins, output_names=outs, dynamic_shapes=_batch_dims(module),
-                opset_version=ONNX_OPSET, dynamo=True, verbose=False,
+                module,
+                example,
+                input_names=ins,
+                output_names=outs,
+                dynamic_shapes=_batch_dims(module),
+                opset_version=ONNX_OPSET,
+                dynamo=True,
+                verbose=False,
             )
             prog.save(str(path))
         except Exception as second:  # noqa: BLE001

@@ -70,8 +70,12 @@ def parity(module: InferenceModule, runner, data: EncodedData, rows: int = 2048)
 def describe(module: InferenceModule, info: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """The ``preprocess.json`` document of a run's exported module."""
     return contract.build(
-        info["preprocessor"], module.layout, input_specs(module.layout), output_specs(module.model),
-        [_task_dict(t) for t in module.model.tasks], extra,
+        info["preprocessor"],
+        module.layout,
+        input_specs(module.layout),
+        output_specs(module.model),
+        [_task_dict(t) for t in module.model.tasks],
+        extra,
     )
 
 
