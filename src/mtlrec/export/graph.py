@@ -77,14 +77,19 @@ def example_inputs(layout: FeatureLayout, rows: int = 2) -> tuple[torch.Tensor, 
 
 def encoded_inputs(data: EncodedData, rows: slice | np.ndarray = slice(None)) -> dict[str, np.ndarray]:
     """The graph inputs (numpy, by input name) of rows of an encoded split."""
+
+    def arr(a: np.ndarray, dtype) -> np.ndarray:
+        a = np.ascontiguousarray(a[rows], dtype=dtype)
+        return a if a.flags.writeable else a.copy()  # a slice of a read-only memory map: torch needs writable
+
     feeds: dict[str, np.ndarray] = {}
     layout = data.layout
     if layout.categorical:
-        feeds["categorical_ids"] = np.ascontiguousarray(data.cat[rows], dtype=np.int64)
+        feeds["categorical_ids"] = arr(data.cat, np.int64)
     if layout.numeric:
-        feeds["numeric_values"] = np.ascontiguousarray(data.num[rows], dtype=np.float32)
+        feeds["numeric_values"] = arr(data.num, np.float32)
     for m in layout.multi_valued:
-        feeds[f"multi_ids__{m.name}"] = np.ascontiguousarray(data.multi[m.name][rows], dtype=np.int64)
+        feeds[f"multi_ids__{m.name}"] = arr(data.multi[m.name], np.int64)
     return feeds
 
 
