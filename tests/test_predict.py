@@ -174,3 +174,13 @@ def test_predict_split_command(run_dir, tmp_path):
     res = CliRunner().invoke(app, ["predict", str(run_dir), "--split", "valid", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert pq.read_table(out).column_names == ["score_click", "score_purchase"]
+
+
+def test_predict_split_keeps_row_and_labels(run_dir, tmp_path):
+    out = tmp_path / "test.csv"
+    predict_split(run_dir, "test", out, keep=["row", "purchase"], engine="onnx")
+    got = pacsv.read_csv(out)
+    assert got.column_names == ["row", "purchase", "score_click", "score_purchase"]
+    assert got.column("row").to_pylist() == list(range(got.num_rows))
+    with pytest.raises(UserError, match="--keep 'rows' \\(did you mean 'row'\\?\\): with --split, keep one of row"):
+        predict_split(run_dir, "test", out, keep=["rows"])

@@ -14,7 +14,9 @@ def predict(
         None, "--file", "-f", help="Score the raw rows of this CSV/Parquet file (labels not needed)"
     ),
     split: str = typer.Option("test", help="Without --file: which split of the run's data set to score"),
-    keep: list[str] = typer.Option([], "--keep", "-k", help="Copy this input column beside the scores (repeat)"),
+    keep: list[str] = typer.Option(
+        [], "--keep", "-k", help="Copy this column beside the scores (repeat); with --split: row or a task's label"
+    ),
     engine: str = typer.Option("torch", help="torch (eager PyTorch) or onnx (onnxruntime on the exported graph)"),
     device: str = typer.Option("cpu", help="cpu or cuda[:N]"),
     batch_rows: int = typer.Option(65536, help="Rows read, encoded and scored at a time (bounds the memory)"),
@@ -39,7 +41,6 @@ def predict(
 
       mtlrec predict runs/mine/mmoe/seed0 --file rows.parquet --engine onnx --out scores.parquet
     """
-    from mtlrec.errors import UserError
     from mtlrec.export.run import ParityError
     from mtlrec.export.scoring import output_format, predict_file, predict_split
 
@@ -59,10 +60,15 @@ def predict(
                 oov_warn=oov_warn,
             )
         else:
-            if keep:
-                raise UserError("--keep copies columns of --file; a split of the run's data set has no raw columns")
             rep = predict_split(
-                run_dir, split, output, engine=engine, device=device, checkpoint=checkpoint, batch_rows=batch_rows
+                run_dir,
+                split,
+                output,
+                engine=engine,
+                device=device,
+                checkpoint=checkpoint,
+                batch_rows=batch_rows,
+                keep=keep,
             )
     except ParityError as exc:
         typer.echo(f"error: {exc}", err=True)

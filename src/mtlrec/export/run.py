@@ -105,7 +105,7 @@ def export_run(
     if data is None:
         data = run_split(info, "valid")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")  # exporters key on the suffix
     try:
         used = export_module(module, fmt, tmp, info["model"])
         names = [s.name for s in output_specs(model)]

@@ -320,7 +320,7 @@ def onnx_cache(run_dir: Path, module: InferenceModule, checkpoint: str, model_na
     if path.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.onnx")
     try:
         export_module(module, "onnx", tmp, model_name)
         os.replace(tmp, path)
@@ -432,17 +432,35 @@ def predict_split(
     device: str = "cpu",
     checkpoint: str = "best",
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    keep: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Score an (already encoded) split of the run's data set to ``out``."""
+    """Score an (already encoded) split of the run's data set to ``out``. ``keep`` may name ``row`` (the row's
+    position in the split) and task names (the row's label; NaN outside the task's sample space)."""
     out_fmt = output_format(out)
     eng, info = make_engine(Path(run_dir), engine, device, checkpoint)
     data = run_split(info, split)
+    allowed = ["row", *data.task_names]
+    for k in keep:
+        if k not in allowed:
+            raise UserError(
+                f"--keep {k!r}{did_you_mean(k, allowed)}: with --split, keep one of {', '.join(allowed)} "
+                "(raw columns need --file)"
+            )
     writer = ScoreWriter(Path(out), out_fmt)
     t0 = time.perf_counter()
     try:
         for lo in range(0, len(data), batch_rows):
-            scores = eng(encoded_inputs(data, slice(lo, lo + batch_rows)))
-            writer.write(pa.table({f"score_{n}": pa.array(scores[n]) for n in eng.outputs}))
+            sl = slice(lo, lo + batch_rows)
+            scores = eng(encoded_inputs(data, sl))
+            cols: dict[str, Any] = {}
+            for k in keep:
+                if k == "row":
+                    cols[k] = pa.array(np.arange(lo, min(lo + batch_rows, len(data)), dtype=np.int64))
+                else:
+                    j = data.task_names.index(k)
+                    cols[k] = pa.array(np.where(data.masks[sl, j] > 0, data.labels[sl, j], np.nan))
+            cols.update({f"score_{n}": pa.array(scores[n]) for n in eng.outputs})
+            writer.write(pa.table(cols))
         writer.close()
     except BaseException:
         writer.abort()
