@@ -59,7 +59,7 @@ def file_columns(path: Path, fmt: str, separator: str) -> list[str]:
         return list(pq.ParquetFile(path).schema_arrow.names)
     reader = pacsv.open_csv(path, parse_options=pacsv.ParseOptions(delimiter=separator))
     names = list(reader.schema.names)
-    reader.close() if hasattr(reader, "close") else None
+    reader.close()
     return names
 
 
