@@ -166,3 +166,77 @@ def user_error(res) -> str:
         return str(res.exception)
     assert res.exit_code == 2, res.output
     return res.output
+
+
+# ---- preprocess.json is enough to encode raw rows (an independent, plain-Python reading of docs/export.md) ------
+def _encode_row_by_contract(doc: dict, row: dict) -> dict[str, list]:
+    import math
+
+    feeds = {i["name"]: [0.0 if i["dtype"] == "float32" else 0] * (i["shape"][1]) for i in doc["inputs"]}
+    for f in doc["features"]:
+        v = row.get(f["column"])
+        if f["kind"] == "categorical":
+            index = {t: j + 1 for j, t in enumerate(f["vocabulary"])}
+            feeds[f["input"]][f["position"]] = 0 if v is None else index.get(str(v), 0)
+        elif f["kind"] == "multi_valued":
+            index = {t: j + 1 for j, t in enumerate(f["vocabulary"])}
+            items = ("" if v is None else str(v)).split(f["separator"])
+            ids = [index.get(t, 0) for t in items][: f["max_len"]]
+            feeds[f["input"]] = ids + [0] * (f["max_len"] - len(ids))
+        else:
+            missing = v is None or not math.isfinite(v)
+            x = f["fill"] if missing else float(v)
+            if f["transform"] == "quantile":
+                feeds[f["input"]][f["position"]] = 0 if missing else 1 + sum(b <= x for b in f["boundaries"])
+                continue
+            if f["transform"] == "log":
+                x = math.log1p(max(x - f["shift"], 0.0))
+            if f["transform"] != "none":
+                x = (x - f["mean"]) / f["std"]
+            feeds[f["input"]][f["position"]] = x
+            if "missing_indicator" in f:
+                feeds[f["input"]][f["missing_indicator"]["position"]] = 1.0 if missing else 0.0
+    return feeds
+
+
+def test_preprocess_json_alone_reproduces_predict(run_dir, tmp_path):
+    import onnxruntime as ort
+    import pyarrow.parquet as pq
+
+    from mtlrec.export.run import export_run
+    from mtlrec.export.scoring import predict_file
+
+    raw = make_table(200, seed=11).drop_columns(["click", "purchase", "rating"])
+    pq.write_table(raw, tmp_path / "rows.parquet")
+    predict_file(run_dir, tmp_path / "rows.parquet", tmp_path / "scores.parquet")
+    export_run(run_dir, "onnx", tmp_path / "m.onnx")
+    doc = json.loads((tmp_path / "preprocess.json").read_text())
+    rows = [_encode_row_by_contract(doc, r) for r in raw.to_pylist()]
+    dtypes = {i["name"]: np.int64 if i["dtype"] == "int64" else np.float32 for i in doc["inputs"]}
+    feeds = {name: np.array([r[name] for r in rows], dtype=dt) for name, dt in dtypes.items()}
+    sess = ort.InferenceSession(str(tmp_path / doc["artifact"]["file"]), providers=["CPUExecutionProvider"])
+    names = [o["name"] for o in doc["outputs"]]
+    got = dict(zip(names, sess.run(names, feeds), strict=True))
+    want = pq.read_table(tmp_path / "scores.parquet")
+    for n in names:
+        assert np.abs(got[n] - want.column(f"score_{n}").to_numpy()).max() <= 1e-5
+
+
+def test_hash_spec_matches_the_encoder():
+    import pyarrow as pa
+
+    from mtlrec.data.preprocess import hash_strings
+    from mtlrec.export.contract import HASH_SPEC
+
+    values = ["a", "user_42", "", "7", None]  # ASCII: hash_strings cannot encode other text yet
+    buckets = 97
+
+    def fnv(text: str) -> int:
+        h = HASH_SPEC["offset_basis"]
+        for byte in text.encode():
+            if byte:
+                h = ((h ^ byte) * HASH_SPEC["prime"]) % 2**64
+        return 1 + h % buckets
+
+    expected = [fnv("None" if v is None else v) for v in values]
+    assert hash_strings(pa.chunked_array([pa.array(values, pa.string())]), buckets).tolist() == expected
