@@ -184,3 +184,13 @@ def test_predict_split_keeps_row_and_labels(run_dir, tmp_path):
     assert got.column("row").to_pylist() == list(range(got.num_rows))
     with pytest.raises(UserError, match="--keep 'rows' \\(did you mean 'row'\\?\\): with --split, keep one of row"):
         predict_split(run_dir, "test", out, keep=["rows"])
+
+
+def test_reading_is_streamed_in_bounded_batches(rows, tmp_path):
+    from mtlrec.export.scoring import iter_batches
+
+    pq.write_table(rows, tmp_path / "r.parquet", row_group_size=100)
+    pacsv.write_csv(rows, tmp_path / "r.csv")
+    for path, fmt in ((tmp_path / "r.parquet", "parquet"), (tmp_path / "r.csv", "csv")):
+        sizes = [t.num_rows for t in iter_batches(path, fmt, ["user", "row_id"], 64)]
+        assert max(sizes) <= 64 and sum(sizes) == rows.num_rows
