@@ -57,7 +57,7 @@ def main() -> None:
         model.predict({k: v[idx] for k, v in x.items()}, batch_size=args.batch_size)
 
     runs = time_epochs(predict_on if args.mode == "predict" else train_on, args)
-    report("deepctr_torch", md.version("deepctr-torch"), runs, torch=torch.__version__, mode=args.mode)
+    report("deepctr_torch", md.version("deepctr-torch"), runs, torch=torch.__version__)
 
 
 if __name__ == "__main__":
