@@ -10,20 +10,32 @@ optimizer step) including batch creation from the shuffled arrays; inference tim
 probabilities under ``no_grad`` in eval mode. Each figure is the median of several timed runs after warm-up.
 bf16 (CPU autocast) is measured only where the CPU has avx512_bf16 or AMX.
 
+Inference engines (``--engines``): ``eager`` (the model under ``no_grad``, from ``Batch`` objects), ``torchscript``
+(``torch.jit.trace`` of mtlrec.export's inference graph) and ``onnxruntime`` (the ONNX export, CPU provider, the
+same thread count); each row times encoded numpy inputs in, every task's probability out, batch 8192. bf16 rows
+(eager autocast; TorchScript traced and run under autocast) only where the CPU has avx512_bf16/AMX; onnxruntime's
+CPU provider has no bf16 kernels for these graphs, so it is fp32 only. ``--e2e-rows`` (default 1,000,000; quick
+20,000) adds the end-to-end row: a raw Parquet file (26 integer id columns, 13 floats, a row id) scored to Parquet
+by ``mtlrec predict``'s code (read + encode with the fitted preprocessing + score + write) at the fastest fp32
+engine, in a child process so that its peak RSS is its own.
+
 ``--peers`` runs torch-rechub's and DeepCTR-Torch's MMoE on the same data in their own venv (see
-``benchmarks/peers/README.md``), one after the other in the same run, and reports mtlrec / peer ratios.
+``benchmarks/peers/README.md``), one after the other in the same run, and reports mtlrec / peer ratios; for
+inference, DeepCTR-Torch's ``predict()`` at batch 8192 against mtlrec's fastest engine (the bar: >= 3x).
 
     python benchmarks/throughput.py [--quick] [--models mmoe,shared_bottom] [--peers] [--out FILE]
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -150,7 +162,189 @@ def bench_infer(name: str, data, precision: str, args) -> dict[str, Any]:
 
     steps = max(2, args.steps_per_run * args.batch_size // args.infer_batch_size)
     runs = time_runs(step, endless(it.epoch), 2, args.runs, steps, args.infer_batch_size)
-    return _row(name, "infer", precision, args.infer_batch_size, runs)
+    return {**_row(name, "infer", precision, args.infer_batch_size, runs), "engine": "eager"}
+
+
+class _Feeds:
+    """Encoded numpy inputs of consecutive batches (what a serving system hands an exported graph)."""
+
+    def __init__(self, data, batch_size: int) -> None:
+        self.data, self.batch_size = data, batch_size
+
+    def epoch(self, epoch: int):
+        from mtlrec.export.graph import encoded_inputs
+
+        n = len(self.data) // self.batch_size * self.batch_size
+        for lo in range(0, n, self.batch_size):
+            yield _Sized(encoded_inputs(self.data, slice(lo, lo + self.batch_size)), self.batch_size)
+
+
+class _Sized(dict):
+    def __init__(self, feeds: dict, n: int) -> None:
+        super().__init__(feeds)
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def bench_engine(name: str, data, precision: str, engine: str, args, workdir: Path) -> dict[str, Any]:
+    """Inference through an exported graph: ``torchscript`` (traced) or ``onnxruntime``."""
+    import torch
+
+    from mtlrec.export.exporters import export_module, load_runner
+    from mtlrec.export.graph import InferenceModule, example_inputs, output_specs
+    from mtlrec.train.precision import autocast
+
+    model = build_model(name, data, args.numeric_mode).eval()
+    module = InferenceModule(model)
+    names = [o.name for o in output_specs(model)]
+    if engine == "torchscript":
+        with torch.no_grad(), autocast(precision):
+            traced = torch.jit.trace(module, example_inputs(model.layout, 8), check_trace=False)
+
+        @torch.no_grad()
+        def step(feeds):
+            with autocast(precision):
+                out = traced(*[torch.from_numpy(v) for v in feeds.values()])
+            for v in out:
+                v.float().numpy()
+
+    elif engine == "onnxruntime":
+        if precision != "fp32":
+            raise ValueError("onnxruntime's CPU provider has no bf16 kernels for these graphs: fp32 only")
+        path = workdir / f"{name}.onnx"
+        export_module(module, "onnx", path, name)
+        run = load_runner("onnx", path, names, threads=args.threads)
+
+        def step(feeds):
+            run(feeds)
+
+    else:
+        raise ValueError(f"unknown engine {engine!r}")
+    steps = max(2, args.steps_per_run * args.batch_size // args.infer_batch_size)
+    runs = time_runs(
+        step, endless(_Feeds(data, args.infer_batch_size).epoch), 2, args.runs, steps, args.infer_batch_size
+    )
+    return {**_row(name, "infer", precision, args.infer_batch_size, runs), "engine": engine}
+
+
+def raw_table(rows: int, seed: int):
+    """The synthetic data as a raw table: ``c0..c25`` integer ids, ``n0..n12`` floats, ``id`` the row number."""
+    import pyarrow as pa
+
+    a = make_arrays(rows, seed)
+    cols = {f"c{i}": a["cat"][:, i] for i in range(a["cat"].shape[1])}
+    cols.update({f"n{i}": a["num"][:, i] for i in range(NUM_NUM)})
+    cols["id"] = np.arange(rows, dtype=np.int64)
+    return pa.table(cols)
+
+
+def make_e2e_run(name: str, args, workdir: Path) -> Path:
+    """A run folder (run.json with the fitted preprocessing, best.pt) for ``name`` on the raw synthetic columns:
+    vocabularies and statistics fitted on ``args.rows`` training rows (seed 0), weights as initialised."""
+    from dataclasses import asdict
+
+    import torch
+
+    from mtlrec import TaskSpec, create_model
+    from mtlrec.data.preprocess import Preprocessor
+    from mtlrec.schema import CategoricalFeature, NumericFeature, Schema
+    from mtlrec.train.checkpoint import atomic_save
+
+    tasks = [TaskSpec(f"task{j}", "binary") for j in range(NUM_TASKS)]
+    schema = Schema(
+        [CategoricalFeature(f"c{i}") for i in range(len(vocab_sizes()))]
+        + [NumericFeature(f"n{i}") for i in range(NUM_NUM)],
+        tasks,
+    )
+    pre = Preprocessor(schema).fit(raw_table(args.rows, 0))
+    layout = pre.layout()
+    torch.manual_seed(0)
+    params = {
+        "embedding_dim": 16,
+        "tower_hidden": [64],
+        "numeric_mode": args.numeric_mode,
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in MODEL_PARAMS.get(name, {}).items()},
+    }
+    model = create_model(name, layout, tasks, **params)
+    run = workdir / f"run_{name}"
+    run.mkdir(parents=True, exist_ok=True)
+    info = {
+        "model": name,
+        "params": params,
+        "dataset": "synthetic_raw",
+        "data_meta": {},
+        "layout": layout.to_dict(),
+        "tasks": [asdict(t) for t in tasks],
+        "preprocessor": pre.state_dict(),
+    }
+    (run / "run.json").write_text(json.dumps(info))
+    atomic_save({"model": model.state_dict()}, run / "best.pt")
+    return run
+
+
+def write_raw_parquet(path: Path, rows: int, chunk: int = 100_000) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    for lo in range(0, rows, chunk):
+        t = raw_table(min(chunk, rows - lo), seed=1 + lo // chunk)
+        t = t.set_column(t.column_names.index("id"), "id", pa.array(t.column("id").to_numpy() + lo))
+        writer = writer or pq.ParquetWriter(str(path), t.schema)
+        writer.write_table(t)
+    writer.close()
+
+
+def bench_e2e(name: str, engine: str, args, workdir: Path) -> dict[str, Any]:
+    """Raw Parquet -> scores Parquet through ``mtlrec.export.scoring.predict_file``, in a child process."""
+    run = make_e2e_run(name, args, workdir)
+    raw = workdir / "raw.parquet"
+    if not raw.exists():
+        write_raw_parquet(raw, args.e2e_rows)
+    job = {
+        "run": str(run),
+        "file": str(raw),
+        "out": str(workdir / f"scores_{name}.parquet"),
+        "engine": engine,
+        "threads": args.threads,
+        "batch_rows": args.e2e_batch_rows,
+    }
+    proc = subprocess.run([sys.executable, __file__, "--e2e-child", json.dumps(job)], capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    base = {
+        "model": name,
+        "system": "mtlrec",
+        "mode": "e2e_parquet",
+        "precision": "fp32",
+        "engine": engine,
+        "batch_size": args.e2e_batch_rows,
+        "rows": args.e2e_rows,
+    }
+    if proc.returncode != 0 or not lines:
+        return {**base, "error": f"exit {proc.returncode}: {' | '.join(proc.stderr.strip().splitlines()[-3:])}"}
+    return {**base, **json.loads(lines[-1])}
+
+
+def e2e_child(job: dict[str, Any]) -> None:
+    import torch
+
+    from mtlrec.export.scoring import predict_file
+
+    torch.set_num_threads(job["threads"])
+    engine = "onnx" if job["engine"] == "onnxruntime" else "torch"
+    rep = predict_file(job["run"], job["file"], job["out"], keep=["id"], engine=engine, batch_rows=job["batch_rows"])
+    # rows/s of the whole file; the one-off ONNX export (cached in the run folder) happens before the clock starts
+    print(
+        json.dumps(
+            {
+                "samples_per_s": round(rep["rows_per_s"], 1),
+                "seconds": round(rep["seconds"], 2),
+                "peak_rss_mib": peak_rss_mib(),
+            }
+        )
+    )
 
 
 def _row(model: str, mode: str, precision: str, batch_size: int, runs: list[float]) -> dict[str, Any]:
@@ -173,10 +367,19 @@ def peer_python(args) -> Path | None:
     return None
 
 
-def run_peer(peer: str, args) -> dict[str, Any]:
-    """Run one peer script in the peers venv; its last stdout line is a JSON row."""
+def run_peer(peer: str, args, mode: str = "train") -> dict[str, Any]:
+    """Run one peer script in the peers venv (``mode`` train, or predict for its ``predict()``); its last stdout
+    line is a JSON row."""
     py = peer_python(args)
-    base = {"model": "mmoe", "system": peer, "mode": "train", "precision": "fp32", "batch_size": args.batch_size}
+    bs = args.batch_size if mode == "train" else args.infer_batch_size
+    steps = args.steps_per_run if mode == "train" else max(2, args.steps_per_run * args.batch_size // bs)
+    base = {
+        "model": "mmoe",
+        "system": peer,
+        "mode": "train" if mode == "train" else "infer",
+        "precision": "fp32",
+        "batch_size": bs,
+    }
     if py is None:
         return {**base, "error": "peers venv not found: run bash benchmarks/peers/setup_peers.sh"}
     cmd = [
@@ -185,16 +388,16 @@ def run_peer(peer: str, args) -> dict[str, Any]:
         "--rows",
         str(args.rows),
         "--batch-size",
-        str(args.batch_size),
+        str(bs),
         "--threads",
         str(args.threads),
         "--runs",
         str(args.runs),
         "--steps-per-run",
-        str(args.steps_per_run),
+        str(steps),
         "--warmup",
         str(args.warmup),
-    ]
+    ] + (["--mode", "predict"] if mode != "train" else [])
     print(f"# running peer {peer}: {' '.join(cmd[1:])}", file=sys.stderr)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -202,6 +405,19 @@ def run_peer(peer: str, args) -> dict[str, Any]:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {**base, "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
     return {**base, **json.loads(lines[-1])}
+
+
+def _fastest(rows: list[dict[str, Any]], model: str) -> dict[str, Any] | None:
+    """mtlrec's fastest inference row of ``model`` (any engine, any precision)."""
+    cands = [
+        r
+        for r in rows
+        if r.get("system") == "mtlrec"
+        and r.get("model") == model
+        and r.get("mode") == "infer"
+        and r.get("samples_per_s")
+    ]
+    return max(cands, key=lambda r: r["samples_per_s"], default=None)
 
 
 def main() -> None:
@@ -220,7 +436,20 @@ def main() -> None:
     p.add_argument("--peers-venv", default=None)
     p.add_argument("--nproc", type=int, default=1, help="also train in 1 and N data-parallel processes (ddp rows)")
     p.add_argument("--device", default="auto", help="train.device of the --nproc rows: auto, cpu, cuda")
+    p.add_argument("--engines", default="eager,torchscript,onnxruntime", help="inference engines to time")
+    p.add_argument(
+        "--e2e-rows",
+        type=int,
+        default=None,
+        help="rows of the end-to-end Parquet row (default 1M; quick 20,000; 0: skip)",
+    )
+    p.add_argument("--e2e-batch-rows", type=int, default=65536, help="rows read/encoded/scored at a time in e2e")
+    p.add_argument("--e2e-child", default=None, help=argparse.SUPPRESS)
+    if "--e2e-child" in sys.argv:
+        e2e_child(json.loads(sys.argv[sys.argv.index("--e2e-child") + 1]))
+        return
     args = p.parse_args()
+    args.e2e_rows = args.e2e_rows if args.e2e_rows is not None else (20_000 if args.quick else 1_000_000)
     args.rows = args.rows or (100_000 if args.quick else 500_000)
     args.runs = args.runs or (3 if args.quick else 5)
     args.steps_per_run = args.steps_per_run or (10 if args.quick else 30)
@@ -243,20 +472,44 @@ def main() -> None:
 
     data = encoded_data(args.rows)
     rows: list[dict[str, Any]] = []
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    workdir = Path(tempfile.mkdtemp(prefix="mtlrec_throughput_"))
     for name in parse_models(args.models, ["mmoe"]):
         for prec in precisions:
             try:
                 rows.append(bench_train(name, data, prec, args))
-                if not args.no_infer:
+                if not args.no_infer and "eager" in engines:
                     rows.append(bench_infer(name, data, prec, args))
             except Exception as e:  # a model that cannot run this config is reported, not fatal
                 rows.append({"model": name, "system": "mtlrec", "precision": prec, "error": repr(e)})
-            print(markdown_table(rows[-2:], ["model", "mode", "precision", "samples_per_s"]), file=sys.stderr)
+            if not args.no_infer:
+                for engine in (e for e in engines if e != "eager"):
+                    if engine == "onnxruntime" and prec != "fp32":
+                        continue
+                    try:
+                        rows.append(bench_engine(name, data, prec, engine, args, workdir))
+                    except Exception as e:  # noqa: BLE001 - reported, not fatal
+                        rows.append(
+                            {
+                                "model": name,
+                                "system": "mtlrec",
+                                "mode": "infer",
+                                "precision": prec,
+                                "engine": engine,
+                                "error": repr(e),
+                            }
+                        )
+            print(markdown_table(rows[-4:], ["model", "mode", "engine", "precision", "samples_per_s"]), file=sys.stderr)
             if args.nproc > 1:
                 from ddp_throughput import train_rows
 
                 rows.extend(train_rows(name, args, prec, args.nproc))
                 print(markdown_table(rows[-2:], ["model", "processes", "samples_per_s"]), file=sys.stderr)
+    if not args.no_infer and args.e2e_rows:
+        for name in parse_models(args.models, ["mmoe"]):
+            fastest = _fastest(rows, name)
+            if fastest:
+                rows.append(bench_e2e(name, fastest["engine"], args, workdir))
 
     if args.peers:
         del data
@@ -272,12 +525,20 @@ def main() -> None:
                 r["ratio_mtlrec_fp32_over_peer"] = round(ours["samples_per_s"] / r["samples_per_s"], 3)
                 r["ratio_mtlrec_best_over_peer"] = round(best / r["samples_per_s"], 3)
             rows.append(r)
+        if not args.no_infer:
+            r = run_peer("deepctr_torch", args, mode="predict")
+            fastest = _fastest(rows, "mmoe")
+            if fastest and r.get("samples_per_s"):
+                r["fastest_mtlrec_engine"] = f"{fastest['engine']} {fastest['precision']}"
+                r["ratio_mtlrec_best_over_peer"] = round(fastest["samples_per_s"] / r["samples_per_s"], 3)
+                r["meets_3x_bar"] = r["ratio_mtlrec_best_over_peer"] >= 3.0
+            rows.append(r)
 
-    cols = ["system", "model", "mode", "precision", "batch_size", "samples_per_s", "peak_rss_mib"]
+    cols = ["system", "model", "mode", "engine", "precision", "batch_size", "samples_per_s", "peak_rss_mib"]
     if args.nproc > 1:
-        cols.insert(4, "processes")
+        cols.insert(5, "processes")
     if args.peers:
-        cols.append("ratio_mtlrec_fp32_over_peer")
+        cols += ["ratio_mtlrec_fp32_over_peer", "ratio_mtlrec_best_over_peer"]
     print(("*quick run*\n\n" if args.quick else "") + markdown_table(rows, cols))
     for r in rows:
         if "error" in r:
@@ -300,6 +561,9 @@ def main() -> None:
         "runs": args.runs,
         "steps_per_run": args.steps_per_run,
         "warmup": args.warmup,
+        "engines": engines,
+        "e2e_rows": args.e2e_rows,
+        "e2e_batch_rows": args.e2e_batch_rows,
         "load_average": list(os.getloadavg()),
     }
     path = write_results(

@@ -21,6 +21,7 @@ def parse_args(description: str) -> argparse.Namespace:
     p.add_argument("--steps-per-run", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", choices=["train", "predict"], default="train", help="predict: time predict() instead")
     return p.parse_args()
 
 

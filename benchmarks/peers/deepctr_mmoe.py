@@ -4,7 +4,8 @@ Same data (``synth.py``) and shape as mtlrec's throughput benchmark: 26 sparse f
 dense features fed raw, 8 experts [256, 128], linear softmax gates (``gate_dnn_hidden_units=()``), towers [64],
 2 binary tasks, batch 2048, 2 threads, ``compile("adam", ["binary_crossentropy"] * 2)`` without metrics. Everything
 else is the library's default (e.g. its embedding L2 of 1e-5). Each timed run is one ``fit(epochs=1)`` over
-``steps_per_run`` batches.
+``steps_per_run`` batches. With ``--mode predict``, each timed run is one ``predict()`` over ``steps_per_run`` batches
+of ``--batch-size`` rows (the untrained model: speed does not depend on the weights).
 
     /work/peers-venv/bin/python benchmarks/peers/deepctr_mmoe.py --rows 500000
 """
@@ -52,7 +53,10 @@ def main() -> None:
         with contextlib.redirect_stdout(io.StringIO()):  # fit prints the device and sample counts
             model.fit({k: v[idx] for k, v in x.items()}, y[idx], batch_size=args.batch_size, epochs=1, verbose=0)
 
-    runs = time_epochs(train_on, args)
+    def predict_on(idx):
+        model.predict({k: v[idx] for k, v in x.items()}, batch_size=args.batch_size)
+
+    runs = time_epochs(predict_on if args.mode == "predict" else train_on, args)
     report("deepctr_torch", md.version("deepctr-torch"), runs, torch=torch.__version__)
 
 

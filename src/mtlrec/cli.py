@@ -1,4 +1,4 @@
-"""The ``mtlrec`` command line: train, evaluate, predict, models, datasets."""
+"""The ``mtlrec`` command line: train, evaluate, models, datasets (more commands in ``mtlrec.commands``)."""
 
 from __future__ import annotations
 
@@ -139,57 +139,6 @@ def evaluate(
         raise unknown_name("split", split, bundle.splits, where="--split")
     scores = evaluate_model(model, bundle.splits[split], device=device)
     typer.echo(json.dumps({"run": str(run_dir), "split": split, "metrics": scores}, indent=2))
-
-
-@app.command()
-def predict(
-    run_dir: Path = typer.Argument(..., help="A run folder written by `mtlrec train`"),
-    output: Path = typer.Option(..., "--out", "-o", help="Scores file: .csv or .parquet"),
-    split: str = typer.Option("test", help="Which split of the run's data set to score"),
-    file: Path | None = typer.Option(
-        None, "--file", "-f", help="Score this CSV/Parquet file instead (labels optional)"
-    ),
-    separator: str = typer.Option(",", help="CSV separator of --file"),
-    checkpoint: str = typer.Option("best", help="best or last"),
-    device: str = typer.Option("cpu", help="Where to score: cpu, cuda, cuda:N or auto (any run loads anywhere)"),
-) -> None:
-    """Write one score column per task (probability for binary tasks, value for regression) to CSV or Parquet.
-
-    The file is encoded with the run's own preprocessing (vocabularies and statistics fitted on its training
-    split); unseen categories map to the out-of-vocabulary index.
-
-    Examples:
-
-      mtlrec predict runs/default/mmoe/seed0 --out scores.parquet
-
-      mtlrec predict runs/mine/mmoe/seed0 --file new_events.csv.gz --out scores.csv
-    """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    from mtlrec.experiment import load_run
-    from mtlrec.train.trainer import predict as predict_model
-
-    model, info = load_run(run_dir, checkpoint)
-    if file is not None:
-        from mtlrec.data.preprocess import Preprocessor
-        from mtlrec.data.readers import read_table
-
-        pre = Preprocessor.from_state_dict(info["preprocessor"])
-        data = pre.transform(read_table(file, separator=separator), source=str(file), labels=False)
-    else:
-        data = _bundle_for(info).splits[split]
-    scores = predict_model(model, data, device=device)
-    table = pa.table({f"score_{k}": v for k, v in scores.items()})
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if output.suffix == ".parquet":
-        pq.write_table(table, output)
-    elif output.suffix == ".csv":
-        pacsv.write_csv(table, output)
-    else:
-        raise typer.BadParameter(f"--out must end in .csv or .parquet, got {output.name}")
-    typer.echo(f"wrote {table.num_rows} rows × {table.num_columns} scores to {output}")
 
 
 @app.command()
