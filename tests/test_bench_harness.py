@@ -5,6 +5,7 @@ the quick overrides, the summary's paired test and MTL gain on known numbers, th
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -91,11 +92,11 @@ def test_an_interrupted_cell_continues_from_last_pt_to_the_uninterrupted_result(
     original = trainer_mod.Trainer.train_step
     calls = {"n": 0}
 
-    def interrupting(self, batch):
+    def interrupting(self, batch, *args):
         calls["n"] += 1
-        if calls["n"] == 4:  # in the second epoch (2 batches per epoch at 200 train rows... or more)
-            raise KeyboardInterrupt
-        return original(self, batch)
+        if calls["n"] == 4:  # Ctrl-C mid-epoch: the trainer finishes this step, saves last.pt and stops
+            signal.raise_signal(signal.SIGINT)
+        return original(self, batch, *args)
 
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", interrupting)
     with pytest.raises(RunInterrupted, match="resumes"):
@@ -113,11 +114,12 @@ def test_an_interrupted_cell_continues_from_last_pt_to_the_uninterrupted_result(
 
 def test_a_failed_cell_is_recorded_and_the_others_finish(tmp_path: Path):
     cfg = prepare_config(TINY, overrides=["seeds=[0]", "train.epochs=1"])
-    cfg["models"].append({"name": "mmoe", "label": "broken", "params": {"no_such_param": 1}})
+    # a config that validates but whose model cannot be built (names are validated before any cell runs)
+    cfg["models"].append({"name": "mmoe", "label": "broken", "params": {"expert_hidden": []}})
     out = run_bench(cfg, out=tmp_path, jobs=2, threads=1, echo=_quiet)
     p = out.payload
     assert p["complete"] is False and p["cells_done"] == 2 and p["cells_total"] == 3
-    assert [f["key"] for f in p["failed"]] == ["broken/seed0"] and "no_such_param" in p["failed"][0]["error"]
+    assert [f["key"] for f in p["failed"]] == ["broken/seed0"] and "hidden layer" in p["failed"][0]["error"]
     assert {r["model"] for r in p["rows"]} == {"single_task", "mmoe"}
     assert out.exit_code == 0  # incomplete: thresholds are not enforced
     # a rerun retries only the failed cell

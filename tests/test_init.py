@@ -1,5 +1,5 @@
 """``mtlrec init`` and the walk-through of docs/walkthrough.md on a generated CSV: raw file -> init -> train ->
-evaluate -> predict -> explain (-> export when that command exists)."""
+evaluate -> predict -> explain -> export (ONNX, parity-checked) -> predict with onnxruntime."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_walkthrough_raw_file_to_model(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "scores.csv").read_text().splitlines()[0] == '"score_click","score_purchase"'
     out = _run(capsys, "explain", run, "--out", "explain")
     assert (tmp_path / "explain").is_dir()
-    from mtlrec.cli import app
-
-    if "export" in {c.name for c in app.registered_commands}:
-        _run(capsys, "export", run, "--out", "model_export")
+    out = _run(capsys, "export", run, "--format", "onnx", "--out", "model_export/mmoe.onnx")
+    assert "parity" in out and (tmp_path / "model_export" / "preprocess.json").exists()
+    _run(capsys, "predict", run, "--file", "events.csv", "--engine", "onnx", "--keep", "user", "--out", "onnx.csv")
+    assert (tmp_path / "onnx.csv").read_text().splitlines()[0] == '"user","score_click","score_purchase"'

@@ -109,6 +109,7 @@ class BenchConfig:
     datasets: list[BenchDataset] = field(default_factory=list)
     expected: dict[str, dict[str, float]] = field(default_factory=dict)
     quick: dict[str, Any] = field(default_factory=dict)
+    train_rows: int | None = None  # train every cell on a fixed random subset of this many training rows
 
 
 @dataclass
@@ -394,10 +395,16 @@ def check_bench(ck: Checker, raw: Any, labels: list[str], cfg: dict[str, Any]) -
             check_metric_name(ck, metric, f"bench.expected.{label}.{key}")
             out[key] = ck.typed(v, float, f"bench.expected.{label}.{key}")
         bench.expected[label] = out
-    quick = ck.mapping(raw.get("quick"), "bench.quick", tuple(k for k in TOP_LEVEL_KEYS if k not in ("base", "bench")))
-    if quick:  # the quick variant must be a valid config too
-        merged = deep_update(copy.deepcopy({k: v for k, v in cfg.items() if k != "bench"}), copy.deepcopy(quick))
-        validate_config(merged, f"{ck.source} (bench.quick)")
+    train_rows = raw.get("train_rows")
+    if train_rows is not None:
+        bench.train_rows = ck.typed(train_rows, int, "bench.train_rows")
+        if bench.train_rows < 1:
+            raise ck.fail("bench.train_rows", f"must be >= 1, got {bench.train_rows}")
+    quick = ck.mapping(raw.get("quick"), "bench.quick", tuple(k for k in TOP_LEVEL_KEYS if k != "base"))
+    if quick:  # the quick variant must be a valid config too (its own bench keys laid over this one's)
+        merged = copy.deepcopy(cfg)
+        merged["bench"] = {k: v for k, v in (merged.get("bench") or {}).items() if k != "quick"}
+        validate_config(deep_update(merged, copy.deepcopy(quick)), f"{ck.source} (bench.quick)")
     bench.quick = dict(quick)
     return bench
 
