@@ -139,8 +139,59 @@ def bench_train(name: str, data, precision: str, args) -> dict[str, Any]:
     model.train()
     torch.manual_seed(0)
     it = BatchIterator(data, args.batch_size, shuffle=True, seed=0, drop_last=True)
+    gflop = train_gflop(trainer, next(iter(it.epoch(0))))
     runs = time_runs(trainer.train_step, endless(it.epoch), args.warmup, args.runs, args.steps_per_run, args.batch_size)
-    return _row(name, "train", precision, args.batch_size, runs)
+    row = _row(name, "train", precision, args.batch_size, runs)
+    row["gflop_per_sample"] = round(gflop / args.batch_size, 6)
+    row["achieved_gflop_s"] = round(gflop / args.batch_size * row["samples_per_s"], 2)
+    return row
+
+
+def train_gflop(trainer, batch) -> float:
+    """Matmul GFLOP of one training step (forward + backward), counted by ``torch.utils.flop_counter`` on a copy of
+    the trainer's model so the timed model's optimizer state is untouched."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = copy.deepcopy(trainer.model)
+    with FlopCounterMode(display=False) as counter:
+        out = model(batch)
+        total = model.task_losses(out, batch).sum()
+        for aux in out.aux_losses.values():
+            total = total + aux.float()
+        total.backward()
+    return counter.get_total_flops() / 1e9
+
+
+def add_efficiency(rows: list[dict[str, Any]], gemm: dict[str, float]) -> None:
+    """Each training row's achieved GFLOP/s as a share of the GEMM rate of its precision and of MMoE's achieved
+    GFLOP/s in the same run (BENCHMARKS.md's "every model at the efficiency of the simplest")."""
+    train = [r for r in rows if r.get("mode") == "train" and r.get("system") == "mtlrec" and "achieved_gflop_s" in r]
+    mmoe = {r["precision"]: r["achieved_gflop_s"] for r in train if r["model"] == "mmoe"}
+    fp32 = {r["model"]: r["samples_per_s"] for r in train if r["precision"] == "fp32"}
+    for r in train:
+        r["share_of_gemm"] = round(r["achieved_gflop_s"] / gemm[r["precision"]], 3)
+        if r["precision"] in mmoe:
+            r["efficiency_vs_mmoe"] = round(r["achieved_gflop_s"] / mmoe[r["precision"]], 3)
+        if r["precision"] != "fp32" and r["model"] in fp32:
+            r["speedup_vs_fp32"] = round(r["samples_per_s"] / fp32[r["model"]], 3)
+
+
+def gemm_rate(precision: str, threads: int, n: int = 2048, reps: int = 10) -> float:
+    """GFLOP/s of an ``n³`` matrix product in ``precision`` on ``threads`` threads: the machine's bound beside
+    every achieved figure (BENCHMARKS.md)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 def bench_infer(name: str, data, precision: str, args) -> dict[str, Any]:
@@ -472,6 +523,10 @@ def main() -> None:
 
     data = encoded_data(args.rows)
     rows: list[dict[str, Any]] = []
+    gemm = {prec: gemm_rate(prec, args.threads) for prec in precisions}
+    for prec, rate in gemm.items():
+        rows.append({"system": "machine", "mode": "gemm 2048^3", "precision": prec, "gflop_s": round(rate, 1)})
+        print(f"# {prec} GEMM 2048^3 on {args.threads} threads: {rate:.0f} GFLOP/s", file=sys.stderr)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     workdir = Path(tempfile.mkdtemp(prefix="mtlrec_throughput_"))
     for name in parse_models(args.models, ["mmoe"]):
@@ -511,6 +566,7 @@ def main() -> None:
             if fastest:
                 rows.append(bench_e2e(name, fastest["engine"], args, workdir))
 
+    add_efficiency(rows, gemm)
     if args.peers:
         del data
         gc.collect()
@@ -535,6 +591,7 @@ def main() -> None:
             rows.append(r)
 
     cols = ["system", "model", "mode", "engine", "precision", "batch_size", "samples_per_s", "peak_rss_mib"]
+    cols += ["gflop_per_sample", "achieved_gflop_s", "share_of_gemm", "efficiency_vs_mmoe", "speedup_vs_fp32"]
     if args.nproc > 1:
         cols.insert(5, "processes")
     if args.peers:

@@ -15,11 +15,6 @@ from .conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = SHARED_DATA / "samples" / "census-income.sample"
-# README commands that cannot run as written yet, with the reason (the README is the coordinator's to fix)
-KNOWN_BROKEN = {
-    "mtlrec explain runs/census_income/dephn/seed0 --out explain/": "census_income.yaml has no dephn row; the "
-    "README should name runs/census_income/mmoe/seed0 (or train configs/census_dephn.yaml first)",
-}
 
 
 def readme_commands(text: str) -> list[str]:
@@ -60,8 +55,6 @@ def test_readme_commands_run_as_written(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     for command in commands:
-        if command in KNOWN_BROKEN:
-            continue
         argv = tiny(shlex.split(command)[1:], tmp_path)
         with pytest.raises(SystemExit) as e:
             main(argv)

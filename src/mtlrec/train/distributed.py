@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -363,6 +365,8 @@ def launch(nproc: int, fn: Callable[..., Any], kwargs: dict[str, Any] | None = N
     if env_keep["OMP_NUM_THREADS"] is None:
         # the launcher would force 1 thread per worker; share the cores instead
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    # the elastic agent installs its own SIGINT/SIGTERM handlers in this process and leaves them: restore ours
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return elastic_launch(config, _run_worker)(fn, kwargs or {})
     except ChildFailedError as exc:
@@ -373,6 +377,9 @@ def launch(nproc: int, fn: Callable[..., Any], kwargs: dict[str, Any] | None = N
         for k, v in env_keep.items():
             if v is None:
                 os.environ.pop(k, None)
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
 
 
 def _failure_message(failure) -> str:  # noqa: ANN001
