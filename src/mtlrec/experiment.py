@@ -22,11 +22,8 @@ recorded as ``status: failed`` and the other runs go on.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, fields
@@ -51,6 +48,7 @@ from mtlrec.models.registry import create_model
 from mtlrec.schema import TaskSpec
 from mtlrec.seeding import seed_everything  # noqa: F401  (re-exported: mtlrec.experiment.seed_everything)
 from mtlrec.train import distributed
+from mtlrec.train.checkpoint import atomic_write_text
 from mtlrec.train.trainer import TrainConfig, Trainer, evaluate
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -125,18 +123,8 @@ def _plain(obj: Any) -> Any:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """``obj`` as JSON written to a temporary file in the same folder and renamed over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(obj if isinstance(obj, str) else json.dumps(obj, indent=2, default=str))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``obj`` as JSON (or a string as is) written atomically (:func:`mtlrec.train.checkpoint.atomic_write_text`)."""
+    atomic_write_text(path, obj if isinstance(obj, str) else json.dumps(obj, indent=2, default=str))
 
 
 def read_run_info(path: Path) -> dict[str, Any]:
@@ -186,10 +174,6 @@ def check_resumable(run_dir: Path, info: dict[str, Any]) -> None:
         )
 
 
-def _accepts(fn: Callable, name: str) -> bool:
-    return name in inspect.signature(fn).parameters
-
-
 def run_one(
     bundle: DataBundle,
     model_name: str,
@@ -215,15 +199,12 @@ def run_one(
     info = make_run_info(bundle, model_name, params, train, tasks, label, experiment)
     stored = out_dir / "run.json" if out_dir else None
     if resume and stored is not None and stored.exists():
-        check_resumable(out_dir, info)
-        if distributed.is_writer():
-            write_json_atomic(stored, info)  # same run; the settings a resume may change are recorded
+        check_resumable(out_dir, info)  # the Trainer then records the settings a resume may change in run.json
     try:
         model = create_model(model_name, bundle.layout, tasks, **copy.deepcopy(params))
     except TypeError as e:
         raise UserError(f"model {model_name!r}: {e}") from None
-    own_run_info = not _accepts(Trainer.__init__, "run_info")
-    trainer = Trainer(model, train, out_dir, **({} if own_run_info else {"run_info": info}))
+    trainer = Trainer(model, train, out_dir, run_info=info)  # run.json is written with the first checkpoint
     if resume:
         trainer.resume()
     from mtlrec.train.loggers import create_loggers
@@ -237,8 +218,6 @@ def run_one(
     )
 
     def epoch_end(record: dict[str, Any]) -> None:
-        if own_run_info and out_dir and not (out_dir / "run.json").exists():
-            write_json_atomic(out_dir / "run.json", info)  # until the Trainer writes it with its checkpoint
         epoch = len(trainer.state.get("history", [])) or record.get("epoch", 0) + 1
         for t in trackers:
             t.log_epoch(epoch, record)
@@ -246,23 +225,17 @@ def run_one(
             on_epoch(epoch, record)
 
     fit_kw: dict[str, Any] = {"on_epoch_end": epoch_end}
-    if trackers and _accepts(Trainer.fit, "on_step"):
+    if trackers:
         fit_kw["on_step"] = lambda step, loss: [t.log_step(step, loss) for t in trackers]
     t0 = time.perf_counter()
     status = "FAILED"
     try:
         result = trainer.fit(bundle.train, bundle.valid, **fit_kw)
         status = "FINISHED"
-    except FloatingPointError as e:  # the trainer's non-finite loss before NonFiniteLoss existed
-        from mtlrec.errors import NonFiniteLoss
-
-        raise NonFiniteLoss(str(e)) from None
     finally:
         for t in trackers:
             t.close(status)
     seconds = time.perf_counter() - t0
-    if own_run_info and out_dir and not (out_dir / "run.json").exists():
-        write_json_atomic(out_dir / "run.json", info)
     trainer.load_best()
     valid = evaluate(model, bundle.valid, train.eval_batch_size, train.precision)
     test = evaluate(model, bundle.test, train.eval_batch_size, train.precision)
