@@ -143,19 +143,12 @@ def group_ids(data, group: str | None) -> np.ndarray | None:
 def funnel_of(model) -> tuple[list[str], str] | None:
     """The conversion funnel a model scores, as ``(task names in funnel order, how pCTCVR is formed)``:
     ``product`` (ESMM: pCTR·pCVR, the CVR head being conditional on a click) or ``last`` (AITM with its calibrator
-    on: the last task's head already scores the whole funnel on every impression). ``None`` for other models. A model may declare
-    ``ctcvr_funnel = (names, how)`` itself; ESMM (``ctr_task``/``cvr_task``) and AITM are recognised as built."""
-    declared = getattr(model, "ctcvr_funnel", None)
-    if declared:
-        return list(declared[0]), str(declared[1])
-    classes = {c.__name__ for c in type(model).__mro__}
-    if "ESMM" in classes:
-        return [model.ctr_task, model.cvr_task], "product"
-    # AITM models a funnel when its calibrator (p(task t) <= p(task t-1)) is on; with it off (e.g. census income ->
-    # marital, not a funnel) the product of the labels would mean nothing
-    if "AITM" in classes and getattr(model, "calibrator_weight", 0) > 0:
-        return list(model.task_names), "last"
-    return None
+    on: the last task's head already scores the whole funnel on every impression). ``None`` for other models: a
+    model declares its funnel (:class:`~mtlrec.models.capabilities.ConversionFunnel`)."""
+    from mtlrec.models.capabilities import ConversionFunnel
+
+    declared = model.ctcvr_funnel if isinstance(model, ConversionFunnel) else None
+    return (list(declared[0]), str(declared[1])) if declared else None
 
 
 def ctcvr_metrics(

@@ -116,6 +116,12 @@ class AITM(MultiTaskModel):
         else:
             self.attentions = nn.ModuleList(AITAttention(d, init_std=attention_init_std) for d in dims[1:])
 
+    @property
+    def ctcvr_funnel(self) -> tuple[list[str], str] | None:
+        """A funnel only with the calibrator on (p(task t) <= p(task t-1)): the last head then scores the whole funnel
+        on every impression; with it off (e.g. census income -> marital) the label product would mean nothing."""
+        return (list(self.task_names), "last") if self.calibrator_weight > 0 else None
+
     def backbone(self, x: EmbeddedInputs) -> list[torch.Tensor]:
         h = x.flat()
         return [h] * len(self.tasks)

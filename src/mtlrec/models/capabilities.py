@@ -11,6 +11,7 @@ the protocols are ``runtime_checkable`` and structural, so either way works).
 * :class:`GateSummary` — mean gate weight per (task, named vector) over the last batch (DTN).
 * :class:`DefaultPlugins` — plug-ins that a model switches on by its own configuration (DEPHN's VG): the registry
   attaches them through the same path as ``create_model(..., dml=..., virtual_gradient=...)``.
+* :class:`ConversionFunnel` — the click → conversion funnel a model scores, for the CTCVR metric (ESMM, AITM).
 * :class:`TowerPluginHost` — tower plug-in points (DML's CTFM and GKD): every :class:`~mtlrec.models.base.MultiTaskModel`.
 
 Example::
@@ -81,3 +82,14 @@ class TowerPluginHost(Protocol):
     towers: nn.ModuleDict
 
     def add_plugin(self, plugin: nn.Module) -> Any: ...
+
+
+@runtime_checkable
+class ConversionFunnel(Protocol):
+    """``ctcvr_funnel``: ``(task names in funnel order, how pCTCVR is formed)`` with ``"product"`` (the tasks'
+    probabilities multiplied, ESMM) or ``"last"`` (the last task's head scores the whole funnel, AITM with its
+    calibrator), or ``None`` when this instance models no funnel; :func:`mtlrec.metrics.score_tasks` then reports
+    ``ctcvr_auc`` / ``ctcvr_logloss``."""
+
+    @property
+    def ctcvr_funnel(self) -> tuple[list[str], str] | None: ...

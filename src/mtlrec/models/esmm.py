@@ -92,6 +92,11 @@ class ESMM(MultiTaskModel):
         self._cvr_idx = self.task_names.index(self.cvr_task)
         self.build_towers(self.input_dim)
 
+    @property
+    def ctcvr_funnel(self) -> tuple[list[str], str]:
+        """pCTCVR = pCTR · pCVR over every impression (:class:`~mtlrec.models.capabilities.ConversionFunnel`)."""
+        return [self.ctr_task, self.cvr_task], "product"
+
     def backbone(self, x: EmbeddedInputs) -> list[torch.Tensor]:
         h = x.flat()
         return [h] * len(self.tasks)
