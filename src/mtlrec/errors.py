@@ -26,7 +26,7 @@ def did_you_mean(value: str, allowed: Iterable[str]) -> str:
 
 def unknown_name(what: str, value: str, allowed: Iterable[str], where: str = "") -> UserError:
     """``UserError`` for a name that is not one of ``allowed``, suggesting the nearest one."""
-    allowed = sorted(str(a) for a in allowed)
+    allowed = sorted({str(a) for a in allowed})
     prefix = f"{where}: " if where else ""
     shown = ", ".join(allowed) if len(allowed) <= 40 else ", ".join(allowed[:40]) + ", …"
     return UserError(f"{prefix}unknown {what} {value!r}{did_you_mean(value, allowed)}; expected one of: {shown}")
