@@ -37,6 +37,7 @@ import yaml
 
 from mtlrec.errors import UserError, unknown_name
 from mtlrec.train.loggers import LOGGERS
+from mtlrec.train.trainer import RESUME_MAY_CHANGE
 
 TOP_LEVEL_KEYS = (
     "name",
@@ -53,7 +54,8 @@ TOP_LEVEL_KEYS = (
 #: train settings that belong to the experiment rather than to TrainConfig
 EXPERIMENT_TRAIN_KEYS = ("loggers",)
 #: train settings a ``--resume`` may change (applied and recorded); any other difference is refused
-RESUMABLE_TRAIN_KEYS = ("epochs", "patience", "progress", "threads", "checkpoint_every", "eval_batch_size", "loggers")
+# the trainer's settings a resume may change, plus the experiment-level loggers (one list: the trainer's)
+RESUMABLE_TRAIN_KEYS = (*RESUME_MAY_CHANGE, "loggers")
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$")
 
