@@ -6,7 +6,11 @@ generated in chunks of 1M rows and written as Parquet row groups of 2^18 rows, t
 ``getrusage``, so nothing of the parent counts):
 
 - ``first``: the first run of the ``files`` data set (both streaming passes and the cache write), rows/s;
-- ``cached``: a second run that finds the cache (open the memory maps and touch one batch);
+- ``first`` peak RSS is the preprocessing's (both passes and the cache write), taken before any batch is read;
+- ``cached``: a second run that finds the cache (open the memory maps), then reads 200 block-shuffled batches (or the epoch)
+  (``pread`` of whole blocks into two window buffers: RSS independent of the cache size) and one row-shuffled
+  batch gathered from the memory maps (the pages it touches, whole page-cache folios, count as file-backed RSS:
+  clean page cache that the kernel reclaims under pressure, reported apart as ``rows_batch_rss_file_mib``);
 - with ``--peers``: the peers' recipe (pandas ``read_csv`` + scikit-learn ``LabelEncoder`` per categorical column +
   mean fill and standard scaling, as the DeepCTR-Torch / torch-rechub examples do) on the smallest CSV file, in
   the peers' venv (``benchmarks/peers/setup_peers.sh``; ``--peers-python`` to point elsewhere).
@@ -88,17 +92,29 @@ def generate(path: Path, rows: int, fmt: str, seed: int = 0) -> float:
 
 
 CHILD = r"""
-import json, resource, sys, time
+import json, re, resource, sys, time
+def rss():  # resident memory now, split into anonymous and file-backed (mapped cache pages) MiB
+    d = dict(re.findall(r"(RssAnon|RssFile):\s+(\d+)", open("/proc/self/status").read()))
+    return {k: int(v) // 1024 for k, v in d.items()}
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t00 = time.perf_counter()
 from mtlrec.data.datasets import load_dataset
 t0 = time.perf_counter()
 a = json.loads(sys.argv[1])
 b = load_dataset("files", **a)
+seconds, prep_peak = time.perf_counter() - t0, peak()
 n = sum(len(s) for s in b.splits.values())
 from mtlrec.data.batches import BatchIterator
+bi = BatchIterator(b.train, 2048, shuffle=True, block=4096)
+k, it = min(200, len(bi)), bi.epoch(0)
+t1 = time.perf_counter()
+for _ in range(k):
+    next(it)
+block = {"block_batches_per_s": k / (time.perf_counter() - t1), "block_rss": rss(), "block_peak_rss_mib": peak()}
 next(iter(BatchIterator(b.train, 2048, shuffle=True)))
-print(json.dumps({"seconds": time.perf_counter() - t0, "import_s": t0 - t00, "rows": n, "cache": b.meta.get("cache"),
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"seconds": seconds, "import_s": t0 - t00, "rows": n, "cache": b.meta.get("cache"),
+                  "peak_rss_mib": prep_peak, **block, "rows_rss": rss(), "rows_peak_rss_mib": peak()}))
 """
 
 PEER = r"""
@@ -178,6 +194,12 @@ def main() -> None:
                     "cached_load_s": round(cached["seconds"], 2),
                     "import_s": round(first["import_s"], 2),
                     "cached_peak_rss_mib": round(cached["peak_rss_mib"]),
+                    # training reads from the cache: 200 block-shuffled batches (pread windows), then one
+                    # row-shuffled batch gathered from the memory maps (its pages count as file-backed RSS)
+                    "block_peak_rss_mib": round(cached["block_peak_rss_mib"]),
+                    "block_rss_file_mib": cached["block_rss"]["RssFile"],
+                    "rows_batch_rss_anon_mib": cached["rows_rss"]["RssAnon"],
+                    "rows_batch_rss_file_mib": cached["rows_rss"]["RssFile"],
                 }
                 rows_out.append(row)
                 print(json.dumps(row), flush=True)

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from mtlrec.data import store
@@ -225,6 +226,30 @@ def test_block_shuffle_is_a_resumable_permutation(tmp_path):
         ]
         assert np.array_equal(got, want)
     assert not np.array_equal(it.order(1), it.order(2))
+
+
+def test_block_shuffle_reads_windows_from_the_cache_files_not_the_memory_maps(tmp_path, monkeypatch):
+    """Block-shuffled batches from a memory-mapped cache are read with pread (RSS bounded by two windows) and
+    equal, field by field, the rows gathered from the same arrays in memory."""
+    pq.write_table(make_table(1000), tmp_path / "d.parquet")
+    b = load_stream(tiny_schema(), tmp_path / "d.parquet", cache_dir=tmp_path / "c", shuffle="block", shuffle_block=50)
+    assert isinstance(b.train.cat, np.memmap)
+    inmem = b.train.take(np.arange(len(b.train)))
+    inmem.shuffle_block = 50
+    reads = []
+    real = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, off: reads.append(off) or real(fd, bufs, off))
+    for start in (0, 3):
+        mapped = list(BatchIterator(b.train, 64, shuffle=True, seed=3, window_blocks=3).epoch(1, start))
+        n_reads = len(reads)
+        plain = list(BatchIterator(inmem, 64, shuffle=True, seed=3, window_blocks=3).epoch(1, start))
+        assert len(reads) == n_reads > 0  # the in-memory arrays are gathered in place
+        assert len(mapped) == len(plain) == -(-len(b.train) // 64) - start
+        for x, y in zip(mapped, plain, strict=True):
+            for f in ("cat", "num", "labels", "masks"):
+                assert torch.equal(getattr(x, f), getattr(y, f)), f
+            assert x.multi.keys() == y.multi.keys() and all(torch.equal(x.multi[k], y.multi[k]) for k in x.multi)
+    assert n_reads <= 2 * 6 * -(-len(b.train) // 50)  # one read per block and column, not per row
 
 
 def test_prepare_command_prints_the_summary(tmp_path):
