@@ -30,7 +30,11 @@ def test_criteo_reader_on_raw_tsv(tmp_path: Path):
     path = tmp_path / "train.txt"
     write_criteo_tsv(table, path)
     b = load_dataset("criteo", path=str(path), cache_dir=str(tmp_path / "c"))
-    assert {k: len(v) for k, v in b.splits.items()} == {"train": 2400, "valid": 300, "test": 300}
+    rows = {k: len(v) for k, v in b.splits.items()}  # streamed: each row's split drawn from the seed, 8:1:1
+    assert sum(rows.values()) == 3000 and b.meta["streamed"]
+    assert all(abs(rows[k] - f * 3000) <= 4 * (f * (1 - f) * 3000) ** 0.5 for k, f in (("valid", 0.1), ("test", 0.1)))
+    head = load_dataset("criteo", path=str(path), use_cache=False, max_rows=1000)
+    assert sum(len(v) for v in head.splits.values()) == 1000
     assert b.layout.num_fields == 39 and not b.layout.numeric  # integers bucketed into categories
     assert [t.name for t in b.tasks] == ["click"]
     # min count 10: every kept value of C1 occurs at least 10 times in the training split, so in the file

@@ -107,7 +107,8 @@ def expand_inputs(spec: str | Path | Sequence[str | Path], what: str = "train") 
 class ReadOptions:
     """How raw files are read. ``separator`` (CSV), ``column_names`` (for files without a header row),
     ``null_values`` (strings read as missing; everything else, "NA" included, is a value), ``encoding`` (of CSV
-    text, default UTF-8), ``skip_initial_space`` (strip blanks around string values), ``batch_rows``."""
+    text, default UTF-8), ``skip_initial_space`` (strip blanks around string values), ``batch_rows``, ``max_rows`` (read only the
+    first rows of each file: a quick look at a large file)."""
 
     separator: str = ","
     column_names: list[str] | None = None
@@ -115,6 +116,7 @@ class ReadOptions:
     encoding: str = "utf-8"
     skip_initial_space: bool = False
     batch_rows: int = BATCH_ROWS
+    max_rows: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> ReadOptions:
@@ -126,6 +128,8 @@ class ReadOptions:
         opts = cls(**d)
         if not isinstance(opts.separator, str) or len(opts.separator) != 1:
             raise SchemaError(f"read options.separator: expected one character, got {opts.separator!r}")
+        if opts.max_rows is not None and (not isinstance(opts.max_rows, int) or opts.max_rows < 1):
+            raise SchemaError(f"read options.max_rows: expected a positive integer, got {opts.max_rows!r}")
         return opts
 
 
@@ -207,11 +211,16 @@ class FileReader:
                 it: Any = pq.ParquetFile(self.path).iter_batches(batch_size=self.opts.batch_rows, columns=list(columns))
             else:
                 it = self._csv(list(columns), strings)
+            limit = self.opts.max_rows
             for batch in it:
+                if limit is not None and offset + batch.num_rows > limit:
+                    batch = batch.slice(0, limit - offset)
                 if self.opts.skip_initial_space:
                     batch = _strip_strings(batch)
                 yield offset, batch
                 offset += batch.num_rows
+                if limit is not None and offset >= limit:
+                    break
         except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
             msg = _first_line(exc)
             if "invalid UTF8" in msg or isinstance(exc, UnicodeDecodeError):
@@ -469,13 +478,16 @@ def prepare_stream(
     split_seed: int = 0,
     read_options: dict[str, Any] | None = None,
     transform: Callable[[pa.Table], pa.Table] | None = None,
+    string_columns: Sequence[str] = (),
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     progress: Progress | None = None,
 ) -> tuple[Path, dict[str, Any], bool]:
     """Stream the inputs into a cache folder; returns (folder, manifest, whether it was already cached).
 
-    With ``use_cache=False`` the folder is a fresh temporary one (the caller removes it once loaded)."""
+    CSV columns of the schema's categorical features are read as text, and so are ``string_columns`` (raw
+    columns that a ``transform`` turns into features). With ``use_cache=False`` the folder is a fresh temporary
+    one (the caller removes it once loaded)."""
     from mtlrec.data.bundle import default_cache_dir
 
     hooks = _HOOKS.get() or {}
@@ -500,6 +512,7 @@ def prepare_stream(
         asdict(opts),
         {k: [file_fingerprint(p) for p in v] for k, v in given.items()},
         getattr(transform, "__qualname__", None),
+        sorted(string_columns),
     )
     base = Path(cache_dir or default_cache_dir())
     root = base / f"{name}-{key}"
@@ -509,7 +522,7 @@ def prepare_stream(
         base.mkdir(parents=True, exist_ok=True)
         root = Path(tempfile.mkdtemp(prefix=f"{name}-nocache.", dir=base)) / "data"
 
-    strings = _string_columns(schema)
+    strings = sorted(set(_string_columns(schema)) | set(string_columns))
     groups = [_Group(given["train"], None)] + [
         _Group(given[k], i) for i, k in enumerate(SPLIT_NAMES) if k in given and k != "train"
     ]

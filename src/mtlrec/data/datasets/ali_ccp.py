@@ -10,14 +10,14 @@ formats are read:
   ``field\\x02id\\x03value`` entries joined by ``\\x01``; a sample's features are its own list plus the common list
   of its ``md5`` index. The files are streamed in record batches (pyarrow) and converted once, in bounded memory,
   into processed Parquet shards (``click, purchase`` and one int64 column per field, null when absent) under the
-  cache folder; the shards are then encoded.
+  cache folder; the shards are then encoded by the streaming encoder (:mod:`mtlrec.data.stream`), batch by batch into memory-mapped columns.
 * ``format="processed"``: CSV files already preprocessed (the torch-rechub / sample layout: ``click, purchase``,
   one column per field id such as ``101, 121, …, 301``, ``D*`` dense columns), given as train/valid/test files.
 
 Protocol (AITM ``process_public_dataset.py``, followed by DEPHN): rows with ``click = 0`` and ``buy = 1`` dropped;
 the 18 fields :data:`AITM_FIELDS`; feature ids seen at most 10 times in training are out of vocabulary
 (``min_count=11``; counted on the training split here, AITM counts on the official train file before its dev
-split); the official train file split 90/10 into train/dev at random (``split_seed`` 2020 as AITM), the official
+split); the official train file split 90/10 into train/dev at random (``split_seed`` 2020 as AITM; each row's side is drawn from the seed while streaming, so the dev share is 10% in expectation, not to the row), the official
 test file is the test set. Tasks (``tasks``): ``ctr_ctcvr`` (``click`` and ``purchase`` on all impressions: AITM's
 and DEPHN's setting, purchase implies click) or ``ctr_cvr`` (purchase on clicked rows: ESMM's CVR, with its CTCVR
 reported by the ESMM model's metrics).
@@ -35,12 +35,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from mtlrec.data.bundle import DataBundle, default_cache_dir, encode_tables
+from mtlrec.data.bundle import DataBundle, default_cache_dir
 from mtlrec.data.datasets import register_dataset
-from mtlrec.data.datasets.movielens import _fingerprint, cached, default_data_dir
-from mtlrec.data.readers import read_table
-from mtlrec.data.splits import random_split
+from mtlrec.data.datasets.movielens import _fingerprint, default_data_dir
 from mtlrec.data.store import cache_key
+from mtlrec.data.stream import FileReader, ReadOptions, load_stream
 from mtlrec.errors import UserError, unknown_name
 from mtlrec.schema import CategoricalFeature, NumericFeature, Schema, TaskSpec
 
@@ -222,16 +221,17 @@ def load_ali_ccp(
     root = Path(data_dir) if data_dir else default_data_dir() / "ali-ccp"
     min_count = min_count if min_count is not None else (11 if format == "raw" else 1)
 
+    split = [1 - dev_fraction, dev_fraction, 0.0]  # valid carved out of train by split_seed; test is its file
     if format == "raw":
         field_list, dense = _fields_of([], fields if fields != "all" else "aitm")
         shards = {s: processed_shards(root, s, field_list, max_rows, cache_dir) for s in ("train", "test")}
-        sources = {s: str(p) for s, (p, _) in shards.items()}
-        key = [sources, field_list, tasks, min_count, dev_fraction, split_seed]
+        inputs = {"train": shards["train"][0], "valid": None, "test": shards["test"][0]}
+        conversion: dict[str, Any] | None = {s: c for s, (_, c) in shards.items()}
 
-        def read(split: str) -> pa.Table:
-            return pq.read_table(shards[split][0])
+        def ids_as_strings(table: pa.Table) -> pa.Table:  # the shards hold int64 ids, the vocabularies strings
+            return _ids_as_strings(table, field_list)
 
-        conversion = {s: c for s, (_, c) in shards.items()}
+        transform: Any = ids_as_strings
     else:
         paths = {"train": root / train_file, "test": root / test_file}
         if valid_file:
@@ -239,37 +239,41 @@ def load_ali_ccp(
         for p in paths.values():
             if not p.exists():
                 raise FileNotFoundError(f"ali_ccp: {p} not found (format='processed' reads train/valid/test CSVs)")
-        columns = read_table(paths["train"]).column_names
+        columns = FileReader(paths["train"], ReadOptions()).names()
         field_list, dense = _fields_of(columns, fields)
-        key = [{k: _fingerprint(p) for k, p in paths.items()}, field_list, dense, tasks, min_count, split_seed]
-        conversion = None
-
-        def read(split: str) -> pa.Table:
-            return read_table(paths[split], string_columns=field_list)
+        missing = [c for c in field_list + dense if c not in columns]
+        if missing:
+            raise UserError(f"ali_ccp: field column {missing[0]!r} missing in {paths['train']}; it has {columns[:25]}")
+        inputs = {"train": paths["train"], "valid": paths.get("valid"), "test": paths["test"]}
+        conversion, transform = None, None
+        if "valid" in paths:
+            split = None
 
     schema = ali_ccp_schema(field_list, dense, tasks, min_count)
-
-    def build() -> DataBundle:
-        tables = {"train": read("train"), "test": read("test")}
-        if format == "processed" and valid_file:
-            tables["valid"] = read("valid")
-        else:
-            tr, dev = random_split(tables["train"].num_rows, (1 - dev_fraction, dev_fraction), split_seed)
-            tables["train"], tables["valid"] = tables["train"].take(tr), tables["train"].take(dev)
-        tables = {k: _ids_as_strings(t, field_list) for k, t in tables.items()}
-        meta = {
+    bundle = load_stream(
+        schema,
+        inputs["train"],
+        inputs["valid"],
+        inputs["test"],
+        name=f"ali_ccp_{format}",
+        split=split,
+        split_seed=split_seed,
+        transform=transform,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+    )
+    bundle.meta.update(
+        {
             "format": format,
             "protocol": "aitm",
             "tasks": tasks,
             "fields": field_list,
             "min_count": min_count,
-            "split": {"dev_fraction": dev_fraction, "split_seed": split_seed, "given_valid": "valid" in tables},
-            "rows": {k: t.num_rows for k, t in tables.items()},
+            "dev": {"dev_fraction": dev_fraction, "split_seed": split_seed, "given_valid": split is None},
             "conversion": conversion,
         }
-        return encode_tables(f"ali_ccp_{format}", schema, tables, meta)
-
-    return cached(f"ali_ccp_{format}", key, cache_dir, use_cache, build)
+    )
+    return bundle
 
 
 def _ids_as_strings(table: pa.Table, fields: list[str]) -> pa.Table:

@@ -22,8 +22,7 @@ import pyarrow.compute as pc
 
 from mtlrec.data.bundle import DataBundle
 from mtlrec.data.datasets import register_dataset
-from mtlrec.data.datasets.movielens import _fingerprint, cached, split_and_encode
-from mtlrec.data.readers import read_table
+from mtlrec.data.stream import load_stream
 from mtlrec.errors import UserError, unknown_name
 from mtlrec.schema import CategoricalFeature, Schema, TaskSpec
 
@@ -87,13 +86,26 @@ def load_avazu(
             f"avazu: {path} not found; download train.gz from https://www.kaggle.com/c/avazu-ctr-prediction"
         )
 
-    def build() -> DataBundle:
-        raw = read_table(path, string_columns=[c for c in COLUMNS if c not in ("click", "hour")])
-        table = avazu_table(raw, hour_features)
-        feats = [CategoricalFeature(c, min_count=min_count) for c in table.column_names if c != "click"]
-        schema = Schema(features=feats, tasks=[TaskSpec("click")])
-        meta = {"source": str(path), "protocol": "fuxictr_avazu_x4", "hour_features": hour_features}
-        return split_and_encode("avazu", schema, table, split, split_seed, meta | {"min_count": min_count})
+    string_columns = [c for c in COLUMNS if c not in ("click", "hour")]
+    derived = ["hour_of_day", "weekday"] if hour_features == "derived" else []
+    feats = [CategoricalFeature(c, min_count=min_count) for c in derived + FIELDS]
+    schema = Schema(features=feats, tasks=[TaskSpec("click")])
 
-    return cached("avazu", [_fingerprint(path), min_count, hour_features, list(split), split_seed], cache_dir,
-                  use_cache, build)  # fmt: skip
+    def protocol(raw: pa.Table) -> pa.Table:  # applied to each streamed batch
+        return avazu_table(raw, hour_features)
+
+    bundle = load_stream(
+        schema,
+        path,
+        name=f"avazu_{hour_features}",
+        split=list(split),
+        split_seed=split_seed,
+        read_options={"null_values": [""]},
+        transform=protocol,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        string_columns=string_columns,
+    )
+    bundle.meta.update({"source": str(path), "protocol": "fuxictr_avazu_x4", "hour_features": hour_features,
+                        "min_count": min_count})  # fmt: skip
+    return bundle

@@ -45,6 +45,7 @@ from mtlrec.data.bundle import DataBundle, encode_tables
 from mtlrec.data.datasets import register_dataset
 from mtlrec.data.readers import read_table
 from mtlrec.data.splits import random_split
+from mtlrec.data.stream import load_stream
 from mtlrec.errors import UserError, unknown_name
 from mtlrec.schema import CategoricalFeature, NumericFeature, Schema, SchemaError, TaskSpec
 
@@ -225,9 +226,21 @@ def criteo_like_synthetic(
 def read_criteo(path: str | Path, max_rows: int | None = None) -> pa.Table:
     """Read a Criteo-format file (tab- or comma-separated, with or without the ``label,I1..,C1..`` header,
     optionally gzipped) into a table with columns ``label, I1..I13, C1..C26``; ``max_rows`` keeps the first rows."""
+    path = Path(path)
+    sep, has_header = criteo_format(path)
+    table = read_table(
+        path,
+        separator=sep,
+        column_names=None if has_header else COLUMNS,
+        string_columns=CAT_COLUMNS,
+    )
+    return table.slice(0, max_rows) if max_rows else table
+
+
+def criteo_format(path: Path) -> tuple[str, bool]:
+    """(separator, whether the first line is the ``label,I1..,C1..`` header) of a Criteo-format file, checked."""
     import gzip
 
-    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
             f"criteo: {path} not found; download train.txt of the Criteo display-ads challenge "
@@ -244,15 +257,9 @@ def read_criteo(path: str | Path, max_rows: int | None = None) -> pa.Table:
             f"expected {len(COLUMNS)} (label, 13 integer and 26 categorical columns)"
         )
     has_header = fields[0].strip().lower() == "label"
-    table = read_table(
-        path,
-        separator=sep,
-        column_names=None if has_header else COLUMNS,
-        string_columns=CAT_COLUMNS,
-    )
-    if has_header and table.column_names != COLUMNS:
-        raise SchemaError(f"criteo: {path} header {table.column_names[:5]}... is not label, I1..I13, C1..C26")
-    return table.slice(0, max_rows) if max_rows else table
+    if has_header and [f.strip() for f in fields] != COLUMNS:
+        raise SchemaError(f"criteo: {path} header {fields[:5]}... is not label, I1..I13, C1..C26")
+    return sep, has_header
 
 
 def criteo_schema(
@@ -526,25 +533,28 @@ def load_criteo(
     integer columns become categories (``numeric="bucket"``: :func:`bucket_counts`; ``"log"`` keeps them numeric,
     ``log1p`` then standardised), every categorical value seen fewer than ``min_count`` (10) times in the training
     split is out of vocabulary, missing is its own ``NULL`` category; a random 8:1:1 split with ``split_seed``."""
-    from mtlrec.data.datasets.movielens import _fingerprint, cached, split_and_encode
-
     if path is None:
         raise UserError("criteo: pass path= (train.txt of the Criteo display-ads challenge; see docs/datasets.md)")
     if numeric not in ("bucket", "log"):
         raise unknown_name("criteo numeric treatment", numeric, ("bucket", "log"))
     path = Path(path)
-
-    def build() -> DataBundle:
-        raw = read_criteo(path, max_rows)
-        if numeric == "bucket":
-            table = fuxictr_table(raw)
-            feats: list[Any] = [CategoricalFeature(c, min_count=min_count) for c in INT_COLUMNS + CAT_COLUMNS]
-            schema = Schema(features=feats, tasks=[TaskSpec("click", label="label")])
-        else:
-            table = raw  # numeric kept; a missing categorical value is out of vocabulary
-            schema = criteo_schema([TaskSpec("click", label="label")], min_count=min_count)
-        meta = {"source": str(path), "protocol": f"gdcn_fuxictr/{numeric}", "min_count": min_count}
-        return split_and_encode("criteo", schema, table, split, split_seed, meta)
-
-    key = [_fingerprint(path), max_rows, min_count, list(split), split_seed, numeric]
-    return cached("criteo", key, cache_dir, use_cache, build)
+    sep, has_header = criteo_format(path)
+    if numeric == "bucket":
+        feats: list[Any] = [CategoricalFeature(c, min_count=min_count) for c in INT_COLUMNS + CAT_COLUMNS]
+        schema = Schema(features=feats, tasks=[TaskSpec("click", label="label")])
+    else:  # numeric kept; a missing categorical value is out of vocabulary
+        schema = criteo_schema([TaskSpec("click", label="label")], min_count=min_count)
+    read = {"separator": sep, "null_values": [""], **({} if has_header else {"column_names": COLUMNS})}
+    bundle = load_stream(
+        schema,
+        path,
+        name="criteo",
+        split=list(split),
+        split_seed=split_seed,
+        read_options={**read, "max_rows": max_rows} if max_rows else read,
+        transform=fuxictr_table if numeric == "bucket" else None,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+    )
+    bundle.meta.update({"source": str(path), "protocol": f"gdcn_fuxictr/{numeric}", "min_count": min_count})
+    return bundle
