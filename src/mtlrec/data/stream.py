@@ -602,7 +602,7 @@ def prepare_stream(
                 "cat": writer.column(k, "cat", (n, n_cat), _int_dtype(cat_max)),
                 "num": writer.column(k, "num", (n, n_num), np.float32),
                 "labels": writer.column(k, "labels", (n, n_task), np.float32),
-                "masks": writer.column(k, "masks", (n, n_task), np.float32),
+                "masks": writer.column(k, "masks", (n, n_task), np.uint8),  # 0/1: a byte, cast per batch
             }
             for m in layout.multi_valued:
                 c[f"multi__{m.name}"] = writer.column(k, f"multi__{m.name}", (n, m.max_len), _int_dtype(m.vocab_size))
