@@ -268,3 +268,34 @@ def test_prepare_command_prints_the_summary(tmp_path):
     summary = json.loads((tmp_path / "s.json").read_text())["summary"]
     assert sum(summary["rows"].values()) == 600
     assert Path(json.loads((tmp_path / "s.json").read_text())["cache"]).is_dir()
+
+
+def _fnv_reference(text: str) -> int:
+    h = 1469598103934665603
+    for byte in text.encode():
+        if byte:
+            h = ((h ^ byte) * 1099511628211) & ((1 << 64) - 1)
+    return h
+
+
+def test_fnv1a64_is_the_contract_hash_on_utf8_bytes():
+    from mtlrec.data.vocab import fnv1a64
+
+    vals = ["a", "bb", "", "é漢", "x\x00y", None, "abc" * 30, "a"]
+    got = fnv1a64(pa.chunked_array([pa.array(vals[:4]), pa.array(vals[4:])]), null_text="None")
+    assert [int(x) for x in got] == [_fnv_reference("None" if v is None else v) for v in vals]
+    assert int(fnv1a64(pa.array([None, "q"]))[0]) == 0
+
+
+def test_string_lookup_by_hash_index_equals_index_in():
+    from mtlrec.data.vocab import VocabLookup
+
+    rng = np.random.default_rng(0)
+    vocab = sorted({str(v) for v in rng.integers(0, 10**6, 5000)} | {"é", "long" * 20})
+    lookup = VocabLookup(vocab)
+    assert lookup.hashes is not None
+    batch = pa.array([*rng.integers(0, 10**6, 3000).astype(str).tolist(), None, "é", "long" * 20, "unseen"])
+    fast = lookup.encode(batch)
+    lookup.hashes = None  # the pyarrow index_in path
+    slow = lookup.encode(batch)
+    assert np.array_equal(fast, slow) and (fast > 0).sum() > 10 and fast[-4] == 0 and fast[-1] == 0

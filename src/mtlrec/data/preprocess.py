@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from mtlrec.data.layout import FeatureLayout, MultiField
 from mtlrec.data.sketch import NumericAccumulator, numeric_stats
-from mtlrec.data.vocab import VocabCounter, VocabLookup, as_string
+from mtlrec.data.vocab import VocabCounter, VocabLookup, as_string, fnv1a64
 from mtlrec.schema import (
     CategoricalFeature,
     MultiValuedFeature,
@@ -127,19 +127,9 @@ def _stack(cols: list[np.ndarray], n: int, dtype: Any) -> np.ndarray:
 
 
 def hash_strings(values: pa.ChunkedArray, buckets: int) -> np.ndarray:
-    """Deterministic FNV-1a-style hash of every string into ``[1, buckets]``, vectorised over rows."""
-    strings = _as_string(values).to_numpy(zero_copy_only=False)
-    raw = np.asarray(strings.astype(str), dtype="S")
-    width = raw.dtype.itemsize
-    mat = raw.view(np.uint8).reshape(len(raw), width).astype(np.uint64)
-    h = np.full(len(raw), 1469598103934665603, dtype=np.uint64)
-    prime = np.uint64(1099511628211)
-    with np.errstate(over="ignore"):
-        for j in range(width):  # loop over character positions, not rows
-            c = mat[:, j]
-            nz = c != 0
-            h = np.where(nz, (h ^ c) * prime, h)
-    return (h % np.uint64(buckets)).astype(np.int64) + 1
+    """FNV-1a 64 of every value's text into ``[1, buckets]`` (a null hashes as the text ``None``; the export
+    contract's ``HASH_SPEC``), vectorised over the distinct values."""
+    return (fnv1a64(values, null_text="None") % np.uint64(buckets)).astype(np.int64) + 1
 
 
 @dataclass

@@ -45,7 +45,7 @@ from mtlrec.data.preprocess import EncodedData, Preprocessor, _to_float
 from mtlrec.data.sketch import NumericAccumulator
 from mtlrec.data.splits import SPLIT_NAMES, assign_by_uniform, key_uniforms, row_uniforms, splitmix64
 from mtlrec.data.store import CacheWriter, ColumnFile, cache_key, file_fingerprint, has_cache, load_splits
-from mtlrec.data.vocab import as_string, is_integer_type
+from mtlrec.data.vocab import as_string, fnv1a64, is_integer_type
 from mtlrec.errors import did_you_mean
 from mtlrec.schema import CategoricalFeature, MultiValuedFeature, Schema, SchemaError
 
@@ -353,25 +353,6 @@ class SplitSpec:
         return spec
 
 
-def string_hash64(col: pa.Array) -> np.ndarray:
-    """A 64-bit FNV-1a hash of every value's text (vectorised over the distinct values, then spread)."""
-    enc = pc.dictionary_encode(as_string(col))
-    uniq = enc.dictionary.to_numpy(zero_copy_only=False)
-    raw = np.asarray(uniq.astype(str), dtype="S") if len(uniq) else np.zeros(0, "S1")
-    width = raw.dtype.itemsize
-    mat = raw.view(np.uint8).reshape(len(raw), width).astype(np.uint64)
-    h = np.full(len(raw), 1469598103934665603, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(width):  # a loop over character positions, not rows
-            c = mat[:, j]
-            h = np.where(c != 0, (h ^ c) * np.uint64(1099511628211), h)
-    codes = enc.indices
-    if codes.null_count:
-        codes = pc.fill_null(codes, len(h))
-        h = np.append(h, np.uint64(0))
-    return h[codes.to_numpy(zero_copy_only=False)]
-
-
 def _time_values(col: pa.Array, path: Path, name: str, offset: int) -> np.ndarray:
     if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
         col = pc.cast(pc.cast(col, pa.timestamp("s")) if pa.types.is_date(col.type) else col, pa.int64())
@@ -421,7 +402,7 @@ class SplitAssigner:
             if is_integer_type(col.type):
                 h = splitmix64(pc.fill_null(pc.cast(col, pa.int64()), 0).to_numpy().view(np.uint64))
             else:
-                h = string_hash64(col)
+                h = fnv1a64(col)
             return assign_by_uniform(key_uniforms(h, self.spec.seed), self.valid, self.test)
         t = _time_values(col, path, self.spec.column, offset)
         lo, hi = self.cuts

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+FNV_OFFSET, FNV_PRIME = 1469598103934665603, 1099511628211  # FNV-1a 64
 DENSE_LIMIT = 1 << 21  # dense counting for integer ids below this (16 MiB of int64 counts per field at most)
 _INT_PATTERN = r"^\s*[+-]?[0-9]{1,18}\s*$"  # strings cast to an integer vocabulary (18 digits always fit int64)
 
@@ -36,6 +37,45 @@ def as_string(col: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     if pa.types.is_string(col.type):
         return col
     return pc.cast(col, pa.string())
+
+
+def _text_fnv1a64(strings: pa.Array) -> np.ndarray:
+    """FNV-1a 64 of each (non-null) string's UTF-8 bytes, zero bytes skipped, read straight from the Arrow
+    buffers and hashed one character position at a time over all strings (no per-value Python)."""
+    s = _combine(pc.cast(strings, pa.large_string()))
+    n = len(s)
+    h = np.full(n, FNV_OFFSET, dtype=np.uint64)
+    if n == 0:
+        return h
+    _, off_buf, data_buf = s.buffers()
+    offs = np.frombuffer(off_buf, np.int64)[s.offset : s.offset + n + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    starts, lengths = offs[:-1], np.diff(offs)
+    prime = np.uint64(FNV_PRIME)
+    shortest, longest = int(lengths.min()), int(lengths.max())
+    with np.errstate(over="ignore"):
+        for j in range(longest):
+            if j < shortest:  # every string has this position: whole-array operations
+                c = data[starts + j].astype(np.uint64)
+                h = np.where(c != 0, (h ^ c) * prime, h)
+            else:
+                live = np.flatnonzero(lengths > j)
+                c = data[starts[live] + j].astype(np.uint64)
+                h[live] = np.where(c != 0, (h[live] ^ c) * prime, h[live])
+    return h
+
+
+def fnv1a64(col: pa.Array | pa.ChunkedArray, null_text: str | None = None) -> np.ndarray:
+    """FNV-1a 64 of every value's text (hashed once per distinct value, then spread over the rows); a null hashes
+    as ``null_text``, or is 0 when it is None."""
+    enc = pc.dictionary_encode(_combine(as_string(col)))
+    h = _text_fnv1a64(enc.dictionary)
+    codes = enc.indices
+    if codes.null_count:
+        null_hash = _text_fnv1a64(pa.array([null_text]))[0] if null_text is not None else np.uint64(0)
+        codes = pc.fill_null(codes, len(h))
+        h = np.append(h, null_hash)
+    return h[codes.to_numpy(zero_copy_only=False)]
 
 
 def _combine(col: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -152,6 +192,14 @@ class VocabLookup:
         self.strings = arr
         self.ints: pa.Array | None = None
         self.lut: np.ndarray | None = None
+        self.hashes: tuple[np.ndarray, np.ndarray] | None = None
+        if kind == "string" and len(arr):
+            # a hash index built once: pyarrow's index_in would rebuild a hash set of the vocabulary per batch
+            h = _text_fnv1a64(arr)
+            order = np.argsort(h)
+            sorted_h = h[order]
+            if not (sorted_h[1:] == sorted_h[:-1]).any():  # else (a 64-bit collision in the vocabulary) index_in
+                self.hashes = (sorted_h, order)
         if kind == "int":
             ints = pc.cast(arr, pa.int64()).to_numpy() if len(arr) else np.zeros(0, np.int64)
             if len(ints) and ints.min() >= 0 and ints.max() < DENSE_LIMIT:
@@ -175,7 +223,27 @@ class VocabLookup:
                 out[inside] = self.lut[v[inside]]
                 return out
             return _index_in(x, self.ints)
+        if self.hashes is not None:
+            return self._hashed(as_string(col))
         return _index_in(as_string(col), self.strings)
+
+    def _hashed(self, values: pa.Array) -> np.ndarray:
+        if len(values) == 0:
+            return np.zeros(0, np.int32)
+        enc = pc.dictionary_encode(values)
+        sorted_h, order = self.hashes
+        h = _text_fnv1a64(enc.dictionary)
+        at = np.minimum(np.searchsorted(sorted_h, h), len(sorted_h) - 1)
+        cand = order[at]
+        hit = sorted_h[at] == h
+        # a hash match is confirmed by comparing the text, so a collision with an unseen value stays OOV
+        same = pc.equal(self.strings.take(pa.array(cand)), enc.dictionary).to_numpy(zero_copy_only=False)
+        ids = np.where(hit & same, cand + 1, 0).astype(np.int32)
+        codes = enc.indices
+        if codes.null_count:
+            codes = pc.fill_null(codes, len(ids))
+            ids = np.append(ids, np.int32(0))
+        return ids[codes.to_numpy(zero_copy_only=False)]
 
 
 def _index_in(values: pa.Array, value_set: pa.Array) -> np.ndarray:

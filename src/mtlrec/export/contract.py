@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from mtlrec.data.layout import FeatureLayout
+from mtlrec.data.vocab import FNV_OFFSET, FNV_PRIME
 from mtlrec.export.graph import TensorSpec
 from mtlrec.schema import CategoricalFeature, MultiValuedFeature, Schema
 
@@ -24,8 +25,8 @@ HASH_SPEC = {
     "algorithm": "fnv1a_64",
     "input": "the value's text (as the vocabulary compares it), as bytes; zero bytes are skipped; a null is the "
     "text 'None'",
-    "offset_basis": 1469598103934665603,
-    "prime": 1099511628211,
+    "offset_basis": FNV_OFFSET,
+    "prime": FNV_PRIME,
     "index": "1 + (hash mod buckets), with 64-bit wrap-around multiplication",
 }
 
