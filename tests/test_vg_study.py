@@ -54,6 +54,10 @@ def test_gate_optimizer_sgd_owns_the_gate_parameters(tiny_bundle, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["model_stats"]["vg"]["steps"] for r in log] == [8, 8]  # 2000 rows / 256
     assert log[0]["model_stats"]["vg"]["applied"] is True
+    from mtlrec.bench.report import RunFolder, curve_png, read_log
+
+    png = curve_png(RunFolder(tmp_path, "mmoe/seed0", {}, None, read_log(tmp_path / "log.jsonl")), tmp_path / "c.png")
+    assert png is not None and png.stat().st_size > 1000  # the learning curves with a Γ panel
     # Adam at the train lr is the default optimizer already: no group of its own
     plain = create_model("mmoe", tiny_bundle, **SMALL, virtual_gradient={"gate_optimizer": "adam"})
     assert plain.optimizer_groups() == []
