@@ -85,3 +85,22 @@ def test_gate_optimizer_on_dephn_value_gates_without_vg(tiny_bundle):
 def test_vg_study_option_errors(tiny_bundle, spec, message):
     with pytest.raises(UserError, match=message):
         create_model("mmoe", tiny_bundle, **SMALL, virtual_gradient=spec)
+
+
+def test_a_run_with_a_gate_optimizer_resumes_exactly(tiny_bundle, tmp_path):
+    vg = {"variant": "add_sqrt", "gate_optimizer": "sgd", "gate_lr": 0.5, "gate_momentum": 0.9}
+    cfg = TrainConfig(epochs=2, batch_size=256, lr=1e-3, progress=False)
+
+    def trainer(out):
+        seed_everything(0)
+        return Trainer(create_model("mmoe", tiny_bundle, **SMALL, virtual_gradient=vg), cfg, out)
+
+    whole = trainer(tmp_path / "a")
+    whole.fit(tiny_bundle.train, tiny_bundle.valid)
+    cut = trainer(tmp_path / "b")
+    cut.fit(tiny_bundle.train, tiny_bundle.valid, max_steps=5)  # stops mid-epoch, last.pt written
+    again = trainer(tmp_path / "b")
+    assert again.resume()
+    again.fit(tiny_bundle.train, tiny_bundle.valid)
+    a, b = whole.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
