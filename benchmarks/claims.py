@@ -195,6 +195,12 @@ class Grid:
         common = set.intersection(*(set(p) for p in per_task))
         return {s: float(np.mean([p[s] for p in per_task])) for s in sorted(common)}
 
+    def label_pearson(self, dataset: str | None) -> float | None:
+        """The measured label Pearson of a data set (its record in the bench JSON), where the reader gives one."""
+        meta = ((self.payload or {}).get("datasets") or {}).get(dataset or "_") or {}
+        value = (meta.get("labels") or {}).get("label_pearson", meta.get("label_pearson"))
+        return None if value is None else float(value)
+
     def epochs(self, dataset: str | None, model: str) -> tuple[list[int], list[int]]:
         info = (self.payload or {}).get("models", {}).get(model if dataset is None else f"{dataset}/{model}", {})
         return list(info.get("best_epochs", [])), list(info.get("epochs_run", []))
@@ -265,6 +271,9 @@ def evaluate_claim(c: Claim, grids: dict[str, Grid]) -> tuple[str, str]:
         run += r
     epochs = f"selected epoch {np.mean(sel):.1f} (run ≤ {max(run)})" if sel and run else ""
     n = f"{len(grid.seeds)} seeds"
+    if c.grid in (VG, GATES):  # the label sets of the VG study: their measured correlation
+        rho = [(d, grid.label_pearson(d)) for d in (c.dataset, c.dataset2) if d]
+        n += "".join(f"; {d} label Pearson {r:.3f}" for d, r in rho if r is not None)
     if c.kind == "trend":
         other = _pair(grid, c, *c.pairs[0], c.dataset2)
         if other is None:

@@ -90,3 +90,18 @@ def test_main_writes_the_table(tmp_path, capsys):
     assert text.startswith("# Claims table") and "not testable here" in text
     assert "| claims_census_dtn | not run |" in text  # a quick run is no evidence
     assert "claims_census_dtn" in capsys.readouterr().out
+
+
+def test_vg_rows_show_the_measured_label_pearson(tmp_path):
+    rows = [
+        _row(m, t, [0.80 + d + 0.001 * i for i in range(5)], "mix0")
+        for m, d in (("add_sqrt-pearson@adam", 0.01), ("no_vg@adam", 0.0))
+        for t in ("task1", "task2")
+    ]
+    payload = {**_payload(rows, 20), "datasets": {"mix0": {"labels": {"label_pearson": 0.0153}}}}
+    path = tmp_path / "vg.json"
+    path.write_text(json.dumps(payload))
+    grid = C.load_grid(C.VG, {C.VG: path}, ROOT / "configs" / "bench", fallback=False)
+    claim = C.Claim("DEPHN", "VG", "q", C.VG, "mix0", "mean", pairs=[("add_sqrt-pearson@adam", "no_vg@adam")])
+    ours, verdict = C.evaluate_claim(claim, {C.VG: grid})
+    assert verdict == "reproduced" and "mix0 label Pearson 0.015" in ours and "add_sqrt-pearson@adam 0.8120" in ours
