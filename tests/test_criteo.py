@@ -178,3 +178,24 @@ def test_criteo_like_single_task():
     b = load_dataset("criteo_like", rows=1000, seed=2, max_vocab=200)
     assert [t.name for t in b.tasks] == ["click"] and len(b.train) == 800
     assert 0.05 < b.meta["click_rate"] < 0.6
+
+
+def test_mixed_criteo_labels_span_the_correlation_range():
+    kw = {"rows": 6000, "max_vocab": 200, "seed": 0}
+    related = load_dataset("criteo_ru", relation="related", **kw)
+    pearson = []
+    for p in (0.0, 0.5, 1.0):
+        b = load_dataset("criteo_ru", relation="mixed", relatedness=p, **kw)
+        assert b.meta["relatedness"] == p and b.meta["independent"] == "inputs"
+        pearson.append(b.meta["labels"]["label_pearson"])
+        rate = b.meta["labels"]["positive_rate_task2"]
+        assert abs(rate - related.meta["labels"]["positive_rate_task2"]) < 0.02  # the independent label's rate
+    assert abs(pearson[0]) < 0.1 and 0.35 < pearson[1] < 0.65 and pearson[2] == related.meta["labels"]["label_pearson"]
+    same = load_dataset("criteo_ru", relation="mixed", relatedness=1.0, **kw)
+    assert np.array_equal(same.train.labels, related.train.labels)  # relatedness 1 is Criteo-R
+    noise = load_dataset("criteo_ru", relation="mixed", relatedness=0.0, independent="noise", **kw)
+    assert abs(noise.meta["labels"]["label_pearson"]) < 0.1
+    with pytest.raises(UserError, match="relatedness: expected a probability"):
+        load_dataset("criteo_ru", relation="mixed", relatedness=1.5, **kw)
+    with pytest.raises(UserError, match="did you mean 'inputs'"):
+        load_dataset("criteo_ru", relation="mixed", independent="input", **kw)

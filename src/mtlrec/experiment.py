@@ -258,6 +258,9 @@ def run_one(
         "data": bundle.meta,
         **distributed_fields(trainer, train),
     }
+    stats = [{"epoch": i, **r["model_stats"]} for i, r in enumerate(result.history, 1) if r.get("model_stats")]
+    if stats:  # what the model measured per epoch (the VG plug-in's Γ): log.jsonl's model_stats
+        row["epoch_stats"] = stats
     if out_dir and distributed.is_writer():
         write_json_atomic(out_dir / "result.json", row)
     return row

@@ -75,7 +75,9 @@ def curve_png(run: RunFolder, path: Path) -> Path | None:
 
     epochs = list(range(1, len(run.log) + 1))
     tasks = list(dict.fromkeys(t for rec in run.log for t in (rec.get("valid") or {})))
-    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(3.6 * (1 + len(tasks)), 2.6), dpi=90, squeeze=False)
+    gamma = [((rec.get("model_stats") or {}).get("vg") or {}) for rec in run.log]
+    panels = 1 + len(tasks) + (1 if any(gamma) else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 2.6), dpi=90, squeeze=False)
     ax = axes[0][0]
     ax.plot(epochs, [rec.get("train_loss") for rec in run.log], marker="o", ms=3)
     task_loss = [rec.get("train_task_loss") for rec in run.log]
@@ -100,6 +102,18 @@ def curve_png(run: RunFolder, path: Path) -> Path | None:
             handles.append((ax.axvline(best, color="grey", ls=":", lw=1), "selected"))
         ax.set(title=f"{task}: validation", xlabel="epoch")
         ax.legend([h for h, _ in handles], [n for _, n in handles], fontsize=7)
+    if any(gamma):  # the VG plug-in's Γ per epoch (log.jsonl model_stats.vg): mean per task, min-max band
+        ax = axes[0][-1]
+        for k, task in enumerate(dict.fromkeys(t for g in gamma for t in (g.get("gamma_mean") or {}))):
+            mean, low, high = (
+                [(g.get(key) or {}).get(task) for g in gamma] for key in ("gamma_mean", "gamma_min", "gamma_max")
+            )
+            ax.plot(epochs, mean, marker="o", ms=3, color=f"C{k}", label=task)
+            if all(v is not None for v in low + high):
+                ax.fill_between(epochs, low, high, color=f"C{k}", alpha=0.15)
+        applied = "applied" if any(g.get("applied") for g in gamma) else "measured only"
+        ax.set(title=f"VG Γ ({applied})", xlabel="epoch", ylabel="Γ")
+        ax.legend(fontsize=7)
     for row in axes:
         for a in row:
             a.xaxis.get_major_locator().set_params(integer=True)

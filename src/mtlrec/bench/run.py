@@ -104,6 +104,7 @@ def build_payload(
                     "valid",
                     "test",
                     "resumed",
+                    "epoch_stats",
                 )
                 if k in r
             }
@@ -111,10 +112,21 @@ def build_payload(
             for r in result.rows
         ],
         "failed": [{"key": r["key"], "error": r.get("error")} for r in result.failed],
+        "datasets": dataset_meta(result.rows),
         "parallel": {"jobs": jobs, "threads_per_job": threads},
         "wall_seconds_this_call": round(result.wall_seconds, 1),
         "config": {k: v for k, v in cfg.items() if k != "bench"} | {"bench": bench},
     }
+
+
+def dataset_meta(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The data set record (``meta``: e.g. Criteo-R/UR's measured label correlations) of each data set label
+    (``"_"`` for the config's one data set), from its first finished cell."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        if r.get("status") == "ok" and isinstance(r.get("data"), dict):
+            out.setdefault(r.get("dataset_label") or "_", r["data"])
+    return out
 
 
 def run_bench(

@@ -18,6 +18,7 @@ from mtlrec.data.batches import Batch
 from mtlrec.data.layout import FeatureLayout
 from mtlrec.layers.embedding import FusedEmbedding
 from mtlrec.layers.mlp import MLP
+from mtlrec.models.capabilities import EpochStats, OptimizerGroups
 from mtlrec.schema import TaskSpec
 
 
@@ -138,6 +139,8 @@ class MultiTaskModel(nn.Module):
         self.heads = nn.ModuleDict()
         self.plugins = nn.ModuleList()
         self.plugin_specs: dict[str, dict] = {}  # plug-in key → the spec it was attached with (set by the registry)
+        # non-module objects a plug-in attaches (the VG plug-in): asked for optimizer groups and epoch statistics
+        self.attachments: list[object] = []
 
     # ---- building blocks for subclasses ---------------------------------------------------------------------
     def tower_sizes(self, task: str) -> list[int]:
@@ -156,6 +159,24 @@ class MultiTaskModel(nn.Module):
     def add_plugin(self, plugin: TowerPlugin) -> MultiTaskModel:
         self.plugins.append(plugin)
         return self
+
+    def attach(self, obj: object) -> MultiTaskModel:
+        """Keep a plug-in's non-module object (once) so :meth:`optimizer_groups` and :meth:`epoch_stats` ask it."""
+        if all(a is not obj for a in self.attachments):
+            self.attachments.append(obj)
+        return self
+
+    def optimizer_groups(self) -> list[dict]:
+        """:class:`~mtlrec.models.capabilities.OptimizerGroups` of the attached plug-ins (none by default)."""
+        return [g for a in self.attachments if isinstance(a, OptimizerGroups) for g in a.optimizer_groups()]
+
+    def epoch_stats(self) -> dict:
+        """:class:`~mtlrec.models.capabilities.EpochStats` of the attached plug-ins, merged (``{}`` by default)."""
+        out: dict = {}
+        for a in self.attachments:
+            if isinstance(a, EpochStats):
+                out.update(a.epoch_stats())
+        return out
 
     # ---- the forward pipeline ------------------------------------------------------------------------------
     def backbone(self, x: EmbeddedInputs) -> list[torch.Tensor]:

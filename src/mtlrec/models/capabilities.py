@@ -13,6 +13,13 @@ the protocols are ``runtime_checkable`` and structural, so either way works).
   attaches them through the same path as ``create_model(..., dml=..., virtual_gradient=...)``.
 * :class:`ConversionFunnel` — the click → conversion funnel a model scores, for the CTCVR metric (ESMM, AITM).
 * :class:`TowerPluginHost` — tower plug-in points (DML's CTFM and GKD): every :class:`~mtlrec.models.base.MultiTaskModel`.
+* :class:`OptimizerGroups` — parameters that train under their own optimizer (the VG plug-in's ``gate_optimizer``):
+  the trainer builds one optimizer per group and leaves those parameters out of the default Adam.
+* :class:`EpochStats` — quantities measured over a training epoch (the VG plug-in's Γ), written by the trainer into
+  that epoch's ``log.jsonl`` record under ``model_stats``.
+
+Every :class:`~mtlrec.models.base.MultiTaskModel` implements the last two by collecting from the objects plug-ins
+attach to it (``model.attachments``) that implement them.
 
 Example::
 
@@ -93,3 +100,24 @@ class ConversionFunnel(Protocol):
 
     @property
     def ctcvr_funnel(self) -> tuple[list[str], str] | None: ...
+
+
+#: the optimizers an :class:`OptimizerGroups` group may name
+GROUP_OPTIMIZERS = ("adam", "sgd")
+
+
+@runtime_checkable
+class OptimizerGroups(Protocol):
+    """``optimizer_groups()`` → ``[{"name": str, "params": [Parameter], "optimizer": "adam" | "sgd", "lr": float |
+    None, "momentum": float}]``: each group trains under its own optimizer (``lr`` None: the train lr); a parameter
+    belongs to at most one group."""
+
+    def optimizer_groups(self) -> list[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class EpochStats(Protocol):
+    """``epoch_stats()`` → ``{name: JSON-able value}`` measured since the last call (the trainer calls it once at
+    the end of every training epoch; the call starts the next epoch's measurement). ``{}``: nothing to record."""
+
+    def epoch_stats(self) -> dict[str, Any]: ...

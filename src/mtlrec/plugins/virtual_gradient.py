@@ -29,6 +29,17 @@ interaction mode ``add``: ``s = (x + y)/2``, ``mul``: ``s = x·y``; ``u = 2s −
   :class:`~mtlrec.models.capabilities.VGGateGroups` (DEPHN's value gates) names its groups itself. Gate slots
   are compared by position.
 
+Study options (issue 15): ``gate_optimizer`` (``adam`` / ``sgd``) with ``gate_lr`` (default: the train lr) and
+``gate_momentum`` (SGD only, default 0) train the parameters of the compared gates under their own optimizer
+(:class:`~mtlrec.models.capabilities.OptimizerGroups`; the trainer builds it): Adam normalises each parameter's
+step by its own gradient scale, so a nearly constant Γ barely changes an Adam trajectory, while under plain SGD the
+step is proportional to Γ. ``measure_only=True`` computes and logs Γ but leaves every gradient unchanged: the
+no-VG reference of a study that still records what Γ would have been (training is then exactly that of no
+plug-in, apart from the gate optimizer). Γ is measured over each training epoch
+(:class:`~mtlrec.models.capabilities.EpochStats`: ``log.jsonl``'s ``model_stats.vg``): per task the mean, min and
+max of Γ over every gate entry and step, the mean gate difference ``min(1, |G^t − G^j|)`` and the mean relevance
+``φ`` of the other tasks, and the number of steps.
+
 Usage: ``create_model("mmoe", data, virtual_gradient={"variant": "mul_abs", "relevance": "pearson"})``, the one
 plug-in path DML uses too (DEPHN declares its VG settings as a default of that path). The
 batch's labels are read by a forward pre-hook on the model, so the trainer needs no special case. VG acts only
@@ -47,13 +58,15 @@ from torch import nn
 
 from mtlrec.errors import UserError, unknown_name
 from mtlrec.layers.gates import Gate
-from mtlrec.models.capabilities import VGGateGroups
+from mtlrec.models.base import MultiTaskModel
+from mtlrec.models.capabilities import GROUP_OPTIMIZERS, VGGateGroups
 from mtlrec.models.registry import register_plugin
 
 MODES = ("add", "mul")
 FITNESS = ("abs", "cos", "square", "sqrt")
 VARIANTS = tuple(f"{m}_{f}" for m in MODES for f in FITNESS)
 RELEVANCE = ("pearson", "cosine")
+SPEC_KEYS = ("variant", "relevance", "ema", "rows", "measure_only", "gate_optimizer", "gate_lr", "gate_momentum")
 
 
 # ---- pure functions ---------------------------------------------------------------------------------------------
@@ -157,11 +170,77 @@ class _ForwardRecord:
     relevance: torch.Tensor
     gates: dict[int, list[torch.Tensor | None]] = field(default_factory=dict)
     cache: dict[int, list] = field(default_factory=dict)
+    stats: GammaStats | None = None
 
     def coefficient(self, group: int, task: int, variant: str) -> torch.Tensor:
         if group not in self.cache:
             self.cache[group] = gate_coefficients(self.gates[group], self.relevance, variant)
+            if self.stats is not None:
+                self.stats.observe(self.gates[group], self.cache[group], self.relevance)
         return self.cache[group][task]
+
+
+class GammaStats:
+    """Γ, gate differences and relevance accumulated over training steps, per task (one epoch at a time)."""
+
+    def __init__(self, tasks: list[str]) -> None:
+        self.tasks = tasks
+        self.reset()
+
+    def reset(self) -> None:
+        t = len(self.tasks)
+        self.sum = [0.0] * t
+        self.count = [0] * t
+        self.min = [math.inf] * t
+        self.max = [-math.inf] * t
+        self.diff_sum = [0.0] * t
+        self.diff_count = [0] * t
+        self.phi_sum = [0.0] * t
+        self.phi_count = [0] * t
+        self.steps = 0
+        self._last: torch.Tensor | None = None  # the relevance of the last counted step
+
+    def observe(self, gates: list, coefs: list, relevance: torch.Tensor) -> None:
+        """One group's Γ of one step (a step whose relevance was seen before counts once in ``steps``)."""
+        with torch.no_grad():
+            if relevance is not self._last:
+                self._last = relevance
+                self.steps += 1
+                for t in range(len(self.tasks)):
+                    others = [float(relevance[j, t]) for j in range(relevance.shape[0]) if j != t]
+                    self.phi_sum[t] += sum(others)
+                    self.phi_count[t] += len(others)
+            for t, (gt, ct) in enumerate(zip(gates, coefs, strict=True)):
+                if ct is None or t >= len(self.tasks):
+                    continue
+                ct = ct.float()
+                self.sum[t] += float(ct.sum())
+                self.count[t] += ct.numel()
+                self.min[t] = min(self.min[t], float(ct.min()))
+                self.max[t] = max(self.max[t], float(ct.max()))
+                for j, gj in enumerate(gates):
+                    if j != t and gj is not None:
+                        d = (gt - gj).abs().clamp(max=1.0).float()
+                        self.diff_sum[t] += float(d.sum())
+                        self.diff_count[t] += d.numel()
+
+    def summary(self) -> dict[str, Any]:
+        def per_task(values: list[float], counts: list[int] | None = None) -> dict[str, float | None]:
+            out = {}
+            for t, name in enumerate(self.tasks):
+                n = 1 if counts is None else counts[t]
+                v = values[t] / n if n else None
+                out[name] = None if v is None or not math.isfinite(v) else round(v, 6)
+            return out
+
+        return {
+            "steps": self.steps,
+            "gamma_mean": per_task(self.sum, self.count),
+            "gamma_min": per_task(self.min),
+            "gamma_max": per_task(self.max),
+            "gate_diff_mean": per_task(self.diff_sum, self.diff_count),
+            "relevance_mean": per_task(self.phi_sum, self.phi_count),
+        }
 
 
 class _LazyVG(torch.autograd.Function):
@@ -169,15 +248,15 @@ class _LazyVG(torch.autograd.Function):
     tasks' gates may run later in the forward than this one)."""
 
     @staticmethod
-    def forward(ctx: Any, w: torch.Tensor, record: _ForwardRecord, group: int, task: int, variant: str):
-        ctx.vg = (record, group, task, variant)
+    def forward(ctx: Any, w: torch.Tensor, record: _ForwardRecord, group: int, task: int, variant: str, apply: bool):
+        ctx.vg = (record, group, task, variant, apply)
         return w.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
-        record, group, task, variant = ctx.vg
+        record, group, task, variant, apply = ctx.vg
         coef = record.coefficient(group, task, variant)
-        return grad * coef.to(grad.dtype), None, None, None, None
+        return (grad * coef.to(grad.dtype) if apply else grad), None, None, None, None, None
 
 
 def task_gate_groups(model: nn.Module, num_tasks: int) -> list[list[Gate]]:
@@ -201,7 +280,16 @@ class VirtualGradient:
         self.install(model)
 
     def configure(
-        self, *, variant: str = "add_sqrt", relevance: str = "pearson", ema: float = 0.0, rows: str = "all"
+        self,
+        *,
+        variant: str = "add_sqrt",
+        relevance: str = "pearson",
+        ema: float = 0.0,
+        rows: str = "all",
+        measure_only: bool = False,
+        gate_optimizer: str | None = None,
+        gate_lr: float | None = None,
+        gate_momentum: float = 0.0,
     ) -> None:
         parse_variant(variant)
         if rows not in ("all", "observed"):
@@ -210,7 +298,27 @@ class VirtualGradient:
             raise unknown_name("relevance", relevance, RELEVANCE, where="virtual_gradient.relevance")
         if not 0.0 <= ema < 1.0:
             raise UserError(f"virtual_gradient.ema: expected a momentum in [0, 1), got {ema}")
+        if not isinstance(measure_only, bool):
+            raise UserError(f"virtual_gradient.measure_only: expected true or false, got {measure_only!r}")
+        if gate_optimizer is not None and gate_optimizer not in GROUP_OPTIMIZERS:
+            raise unknown_name(
+                "gate optimizer", gate_optimizer, GROUP_OPTIMIZERS, where="virtual_gradient.gate_optimizer"
+            )
+        for key, value, low in (("gate_lr", gate_lr, 0.0), ("gate_momentum", gate_momentum, None)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(f"virtual_gradient.{key}: expected a number, got {value!r}")
+            if (low is not None and value <= low) or (low is None and not 0.0 <= value < 1.0):
+                want = "> 0" if low is not None else "in [0, 1)"
+                raise UserError(f"virtual_gradient.{key}: must be {want}, got {value}")
+        if (gate_lr is not None or gate_momentum) and gate_optimizer is None:
+            raise UserError("virtual_gradient.gate_lr / gate_momentum: set gate_optimizer (adam or sgd) with them")
+        if gate_momentum and gate_optimizer != "sgd":
+            raise UserError("virtual_gradient.gate_momentum: a setting of gate_optimizer sgd only")
         self.variant, self.relevance, self.ema, self.rows = variant, relevance, ema, rows
+        self.measure_only = measure_only
+        self.gate_optimizer, self.gate_lr, self.gate_momentum = gate_optimizer, gate_lr, float(gate_momentum)
         self.enabled = True
         self._phi_ema: torch.Tensor | None = None
         self.record: _ForwardRecord | None = None
@@ -219,8 +327,12 @@ class VirtualGradient:
     def install(self, model: nn.Module) -> None:
         self.remove()
         self.model = model
-        num_tasks = len(getattr(model, "tasks", [])) or 1
+        tasks = list(getattr(model, "tasks", []))
+        num_tasks = len(tasks) or 1
         self.groups = task_gate_groups(model, num_tasks)
+        self.stats = GammaStats([getattr(t, "name", str(i)) for i, t in enumerate(tasks)] or ["0"])
+        if isinstance(model, MultiTaskModel):
+            model.attach(self)  # asked for the gate optimizer group and the epoch's Γ by the trainer
         self.handles.append(model.register_forward_pre_hook(self._pre_forward))
         for gi, group in enumerate(self.groups):
             for t, gate in enumerate(group):
@@ -232,6 +344,30 @@ class VirtualGradient:
         for h in self.handles:
             h.remove()
         self.handles = []
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the compared gates (each once, in group order)."""
+        seen: dict[int, nn.Parameter] = {}
+        for group in self.groups:
+            for gate in group:
+                for p in gate.parameters():
+                    if p.requires_grad:
+                        seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """:class:`~mtlrec.models.capabilities.OptimizerGroups`: the gates under ``gate_optimizer`` (none when it is
+        unset, or Adam at the train lr: the default optimizer already is that)."""
+        if self.gate_optimizer is None or (self.gate_optimizer == "adam" and self.gate_lr is None):
+            return []
+        group = {"name": "virtual_gradient.gates", "params": self.gate_parameters(), "optimizer": self.gate_optimizer}
+        return [group | {"lr": self.gate_lr, "momentum": self.gate_momentum}]
+
+    def epoch_stats(self) -> dict[str, Any]:
+        """:class:`~mtlrec.models.capabilities.EpochStats`: the Γ measured since the last call, then reset."""
+        out = self.stats.summary() | {"applied": not self.measure_only, "variant": self.variant}
+        self.stats.reset()
+        return {"vg": out}
 
     def _pre_forward(self, model: nn.Module, args: tuple) -> None:
         self.record = None
@@ -245,7 +381,7 @@ class VirtualGradient:
                 phi = phi if self._phi_ema is None else self.ema * self._phi_ema + (1 - self.ema) * phi
                 self._phi_ema = phi
         self.last_relevance = phi
-        self.record = _ForwardRecord(phi, {gi: [None] * len(g) for gi, g in enumerate(self.groups)})
+        self.record = _ForwardRecord(phi, {gi: [None] * len(g) for gi, g in enumerate(self.groups)}, stats=self.stats)
 
 
 class _GateHook:
@@ -260,7 +396,7 @@ class _GateHook:
         if not self.active or rec is None or not torch.is_grad_enabled() or not gate.training:
             return weights
         rec.gates[self.group][self.task] = weights.detach()
-        return _LazyVG.apply(weights, rec, self.group, self.task, self.vg.variant)
+        return _LazyVG.apply(weights, rec, self.group, self.task, self.vg.variant, not self.vg.measure_only)
 
     def remove(self) -> None:
         self.active = False
@@ -275,17 +411,18 @@ def attach_virtual_gradient(model: nn.Module, spec: dict | bool | str) -> Virtua
     """Attach (or reconfigure) virtual gradient on every task-gate group of ``model``.
 
     ``spec``: ``True``, a variant name such as ``"add_sqrt"``, or a dict with ``variant`` (one of
-    :data:`VARIANTS`), ``relevance`` (``pearson``/``cosine``), ``ema`` (momentum of an EMA of φ, 0 = off) and
-    ``rows`` (``all``/``observed``: which rows of the batch define φ).
+    :data:`VARIANTS`), ``relevance`` (``pearson``/``cosine``), ``ema`` (momentum of an EMA of φ, 0 = off),
+    ``rows`` (``all``/``observed``: which rows of the batch define φ), ``measure_only`` (log Γ, scale nothing),
+    ``gate_optimizer`` (``adam``/``sgd``), ``gate_lr`` and ``gate_momentum`` (see the module docstring).
     """
     if spec is True:
         spec = {}
     elif isinstance(spec, str):
         spec = {"variant": spec}
     spec = dict(spec)
-    unknown = set(spec) - {"variant", "relevance", "ema", "rows"}
+    unknown = set(spec) - set(SPEC_KEYS)
     if unknown:
-        raise unknown_name("key", sorted(unknown)[0], ("variant", "relevance", "ema", "rows"), where="virtual_gradient")
+        raise unknown_name("key", sorted(unknown)[0], SPEC_KEYS, where="virtual_gradient")
     existing = getattr(model, "virtual_gradient_plugin", None)
     if isinstance(existing, VirtualGradient):
         existing.configure(**spec)

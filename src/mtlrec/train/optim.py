@@ -13,6 +13,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from mtlrec.errors import UserError, unknown_name
+from mtlrec.models.capabilities import GROUP_OPTIMIZERS
+
 
 class RowwiseAdam(torch.optim.Optimizer):
     """Lazy Adam for embedding tables with sparse (or dense) gradients: only touched rows are updated.
@@ -136,17 +139,49 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
 
 
 def build_optimizers(
-    model: nn.Module, lr: float, *, embedding_lr: float | None = None, weight_decay: float = 0.0
+    model: nn.Module,
+    lr: float,
+    *,
+    embedding_lr: float | None = None,
+    weight_decay: float = 0.0,
+    groups: list[dict] | None = None,
 ) -> list[torch.optim.Optimizer]:
     """Adam (``fused=True`` where the build supports it) on dense parameters; :class:`RowwiseAdam` (lazy Adam:
-    only the rows a batch touches are updated) on sparse embedding tables."""
+    only the rows a batch touches are updated) on sparse embedding tables. ``groups``
+    (:class:`~mtlrec.models.capabilities.OptimizerGroups`): parameters with their own optimizer (``adam`` or
+    ``sgd``, ``lr`` None = ``lr``), left out of the default groups; their optimizers come last."""
+    groups = [g for g in groups or [] if g["params"]]
+    own = [id(p) for g in groups for p in g["params"]]
+    if len(own) != len(set(own)):
+        raise UserError("optimizer groups: a parameter is claimed by two groups (" + ", ".join(_names(groups)) + ")")
+    claimed = set(own)
     dense, sparse = split_parameters(model)
+    dense = [p for p in dense if id(p) not in claimed]
+    sparse = [p for p in sparse if id(p) not in claimed]
     opts: list[torch.optim.Optimizer] = []
     if dense:
-        try:
-            opts.append(torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay, fused=True))
-        except (RuntimeError, TypeError):
-            opts.append(torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay, foreach=True))
+        opts.append(_adam(dense, lr, weight_decay))
     if sparse:
         opts.append(RowwiseAdam(sparse, lr=embedding_lr or lr))
+    for g in groups:
+        kind, glr = g.get("optimizer", "adam"), g.get("lr") or lr
+        if kind == "adam":
+            opts.append(_adam(g["params"], glr, weight_decay))
+        elif kind == "sgd":
+            opts.append(
+                torch.optim.SGD(g["params"], lr=glr, momentum=g.get("momentum", 0.0), weight_decay=weight_decay)
+            )
+        else:
+            raise unknown_name("optimizer", kind, GROUP_OPTIMIZERS, where=f"optimizer group {g.get('name')!r}")
     return opts
+
+
+def _names(groups: list[dict]) -> list[str]:
+    return [str(g.get("name")) for g in groups]
+
+
+def _adam(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)

@@ -23,6 +23,7 @@ from mtlrec.data.batches import BatchIterator
 from mtlrec.data.preprocess import EncodedData
 from mtlrec.errors import NonFiniteLoss, RunInterrupted, UserError, unknown_name
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.models.capabilities import EpochStats, OptimizerGroups
 from mtlrec.train import checkpoint as ckpt
 from mtlrec.train import distributed
 from mtlrec.train.device import FiniteFlag, model_device, move_batch, resolve_device, set_tf32
@@ -254,7 +255,11 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.optimizers = build_optimizers(
-            model, config.lr, embedding_lr=config.embedding_lr, weight_decay=config.weight_decay
+            model,
+            config.lr,
+            embedding_lr=config.embedding_lr,
+            weight_decay=config.weight_decay,
+            groups=model.optimizer_groups() if isinstance(model, OptimizerGroups) else None,
         )
         self.weighting = weighting or create_weighting(
             config.weighting,
@@ -636,6 +641,9 @@ class Trainer:
                 "improved": improved,
             }
         )
+        stats = self.model.epoch_stats() if isinstance(self.model, EpochStats) else {}
+        if stats:  # e.g. the VG plug-in's Γ over this epoch (from a mid-epoch resume on: the rest of the epoch)
+            record["model_stats"] = _plain(stats)
         st["history"].append(record)
         st["epoch"] += 1
         st["batch"] = 0

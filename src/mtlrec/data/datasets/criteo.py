@@ -25,6 +25,14 @@ Recipe (A.1.1):
    always measured and reported; ``labeling="bernoulli"`` draws ``Bernoulli(σ(c))`` and ``Bernoulli(σ(y))``.
 5. Random 8:1:1 split with a recorded ``split_seed``.
 
+A label set of chosen relatedness (``relation="mixed"``, not in the paper; issue 15's VG study): task 2 is the
+related label with probability ``relatedness`` (per row) and an independent label otherwise, so the label Pearson
+runs from about 0 (``relatedness=0``) to that of Criteo-R (``1``); the measured value is in ``meta["labels"]``.
+The independent label (``independent=``): ``inputs`` (default, generator only) is ``1[c' > 0]`` (or
+``Bernoulli(σ(c'))``) for a second base confidence ``c'`` of the same fields with its own random weights,
+decorrelated from ``c`` and with its distribution, so task 2 stays learnable from the inputs but wants other
+features; ``noise`` is a ``Bernoulli`` draw at the related label's positive rate (no input predicts it).
+
 Everything is vectorised numpy/pyarrow (no per-row Python) and needs no network.
 """
 
@@ -53,7 +61,9 @@ NUM_INT, NUM_CAT = 13, 26
 INT_COLUMNS = [f"I{i}" for i in range(1, NUM_INT + 1)]
 CAT_COLUMNS = [f"C{i}" for i in range(1, NUM_CAT + 1)]
 COLUMNS = ["label", *INT_COLUMNS, *CAT_COLUMNS]
-RELATIONS = ("related", "unrelated")
+RELATIONS = ("related", "unrelated")  # the paper's two data sets
+ALL_RELATIONS = (*RELATIONS, "mixed")
+INDEPENDENT = ("inputs", "noise")
 LABELINGS = ("threshold", "bernoulli")
 
 
@@ -86,23 +96,36 @@ def two_task_labels(
     ur_noise_std: float = 0.0,
     labeling: str = "threshold",
     seed: int = 0,
+    relatedness: float = 1.0,
+    c_alt: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The latent ``y`` of task 2 and the 0/1 labels of both tasks from the base confidence ``c`` (A.1.1 steps 3-4).
 
     Returns ``{"y": y, "task1": l1, "task2": l2}`` (labels int8). ``labeling``: ``threshold`` (``1[c>0]``,
-    ``1[y>0]``) or ``bernoulli`` (``Bernoulli(σ(c))``, ``Bernoulli(σ(y))``)."""
-    if relation not in RELATIONS:
-        raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
+    ``1[y>0]``) or ``bernoulli`` (``Bernoulli(σ(c))``, ``Bernoulli(σ(y))``). ``relation="mixed"``: task 2 is the
+    related label (``y`` the related latent) with probability ``relatedness``, else the independent label: from
+    ``c_alt`` (thresholded or drawn like the others) when given, else ``Bernoulli`` at the related label's rate."""
+    if relation not in ALL_RELATIONS:
+        raise ValueError(f"relation must be one of {ALL_RELATIONS}, got {relation!r}")
     if labeling not in LABELINGS:
         raise ValueError(f"labeling must be one of {LABELINGS}, got {labeling!r}")
+    if relation == "mixed" and not 0.0 <= relatedness <= 1.0:
+        raise ValueError(f"relatedness must be in [0, 1], got {relatedness}")
     rng = np.random.default_rng(seed)
     c = np.asarray(c, dtype=np.float64)
-    y = related_latent(c, noise_std, rng) if relation == "related" else unrelated_latent(c, ur_noise_std, rng)
+    y = unrelated_latent(c, ur_noise_std, rng) if relation == "unrelated" else related_latent(c, noise_std, rng)
     if labeling == "threshold":
         l1, l2 = c > 0, y > 0
     else:
         l1 = rng.random(c.shape) < _sigmoid(c)
         l2 = rng.random(c.shape) < _sigmoid(y)
+    if relation == "mixed":  # drawn after the related labels, which are then those of relation="related"
+        if c_alt is None:
+            other = rng.random(c.shape) < np.mean(l2)
+        else:
+            c_alt = np.asarray(c_alt, dtype=np.float64)
+            other = c_alt > 0 if labeling == "threshold" else rng.random(c.shape) < _sigmoid(c_alt)
+        l2 = np.where(rng.random(c.shape) < relatedness, l2, other)
     return {"y": y, "task1": l1.astype(np.int8), "task2": l2.astype(np.int8)}
 
 
@@ -176,6 +199,26 @@ def criteo_like_synthetic(
     ``z = √(1−noise)·Φ⁻¹(rank(f)) + √noise·N(0, 1)`` (``noise``: the share of c's variance no model can see;
     0 = c is a function of the observed fields, as a DNN logit is). ``label`` is a click ``~ Bernoulli(σ(c))``.
     """
+    table, c, _ = _criteo_like(rows, seed, noise, max_vocab, num_linear, num_pairs, c_loc, c_scale)
+    return table, c
+
+
+def _rank_gaussian(f: np.ndarray) -> np.ndarray:
+    """A monotone map of ``f`` with an exact ``N(0, 1)`` marginal (ranks through Φ⁻¹)."""
+    return ndtri((np.argsort(np.argsort(f, kind="stable"), kind="stable") + 0.5) / len(f))
+
+
+def _criteo_like(
+    rows: int,
+    seed: int,
+    noise: float,
+    max_vocab: int,
+    num_linear: int,
+    num_pairs: int,
+    c_loc: float,
+    c_scale: float,
+) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """:func:`criteo_like_synthetic` plus the latent field matrix ``(rows, 39)`` (for :func:`independent_confidence`)."""
     if rows < 1:
         raise ValueError(f"rows must be positive, got {rows}")
     if not 0.0 <= noise <= 1.0:
@@ -214,12 +257,36 @@ def criteo_like_synthetic(
         f = f + (latent[:, pairs[:, 0]] * latent[:, pairs[:, 1]]) @ rng.standard_normal(len(pairs))
     # rank-Gaussian: a monotone map of f (so c stays a function of the fields) with an exact N(0, 1) marginal;
     # the heavy tails of the pairwise products would otherwise dominate e^{|c|} in y_r
-    zf = ndtri((np.argsort(np.argsort(f, kind="stable"), kind="stable") + 0.5) / rows)
+    zf = _rank_gaussian(f)
     zc = math.sqrt(1.0 - noise) * zf + math.sqrt(noise) * rng.standard_normal(rows)
     c = c_loc + c_scale * zc
     click = (rng.random(rows) < _sigmoid(c)).astype(np.int64)
     table = pa.table({"label": pa.array(click), **cols})
-    return table, c
+    return table, c, latent
+
+
+def independent_confidence(
+    latent: np.ndarray,
+    c: np.ndarray,
+    seed: int,
+    *,
+    num_linear: int = 16,
+    num_pairs: int = 10,
+    c_loc: float = -1.1,
+    c_scale: float = 1.0,
+) -> np.ndarray:
+    """A second base confidence ``c'`` of the same fields (``latent``): the generator's recipe with its own random
+    fields, pairs and weights (an RNG of its own, so ``c`` is unchanged), its linear correlation with ``c``
+    projected out, rank-Gaussian and mapped to ``c_loc + c_scale·z`` like ``c``."""
+    rng = np.random.default_rng([seed, 7919])
+    n_fields = latent.shape[1]
+    lin = rng.choice(n_fields, size=min(num_linear, n_fields), replace=False)
+    pairs = np.array([rng.choice(n_fields, 2, replace=False) for _ in range(num_pairs)]).reshape(-1, 2)
+    f = latent[:, lin] @ rng.standard_normal(len(lin))
+    if len(pairs):
+        f = f + (latent[:, pairs[:, 0]] * latent[:, pairs[:, 1]]) @ rng.standard_normal(len(pairs))
+    z, zc = _rank_gaussian(f), (c - c.mean()) / (c.std() or 1.0)
+    return c_loc + c_scale * _rank_gaussian(z - (z @ zc) / (zc @ zc) * zc)
 
 
 # ---- the Criteo file format -------------------------------------------------------------------------------------
@@ -319,6 +386,7 @@ class BaseConfidence:
     c: np.ndarray
     parts: list[np.ndarray]
     meta: dict[str, Any]
+    c_alt: np.ndarray | None = None  # an independent second confidence (generator only; relation="mixed")
 
 
 def base_confidence(
@@ -344,11 +412,13 @@ def base_confidence(
     if path is None:
         # the generator's c is already rank-Gaussian and mapped; c_loc=None means no shift (standard scale)
         loc = 0.0 if c_loc is None else c_loc
-        table, c = criteo_like_synthetic(rows, seed, noise=noise, max_vocab=max_vocab, c_loc=loc, c_scale=c_scale)
+        table, c, latent = _criteo_like(rows, seed, noise, max_vocab, 16, 10, loc, c_scale)
         parts = random_split(table.num_rows, tuple(split), split_seed)
         meta |= {"confidence": "known", "generator": "criteo_like_synthetic", "total_rows": rows, "noise": noise}
         meta["max_vocab"] = max_vocab
-        return BaseConfidence(table, c, parts, meta)
+        return BaseConfidence(
+            table, c, parts, meta, independent_confidence(latent, c, seed, c_loc=loc, c_scale=c_scale)
+        )
     if confidence is None:
         raise UserError(
             f"criteo_ru: path={str(path)!r} needs confidence= (the DNN logits of A.1.1 step 1); write them with "
@@ -412,15 +482,33 @@ def build_criteo_ru(
     label_seed: int = 1,
     min_count: int = 1,
     hash_buckets: int | None = None,
+    relatedness: float = 1.0,
+    independent: str = "inputs",
 ) -> DataBundle:
     """A.1.1 steps 3-5 on a base confidence: tasks ``task1`` and ``task2``, encoded on the recorded split;
-    ``meta["labels"]`` holds the measured correlations and label agreement (:func:`label_report`, all rows)."""
+    ``meta["labels"]`` holds the measured correlations and label agreement (:func:`label_report`, all rows).
+    ``relation="mixed"``: ``relatedness`` and ``independent`` (see the module docstring)."""
+    mixed = {}
+    if relation == "mixed":
+        if independent not in INDEPENDENT:
+            raise unknown_name("criteo_ru independent label", independent, INDEPENDENT, where="independent")
+        if not isinstance(relatedness, (int, float)) or not 0.0 <= relatedness <= 1.0:
+            raise UserError(f"criteo_ru relatedness: expected a probability in [0, 1], got {relatedness!r}")
+        if independent == "inputs" and base.c_alt is None:
+            raise UserError(
+                "criteo_ru independent='inputs' needs the generator's second confidence; with a Criteo file use "
+                "independent='noise'"
+            )
+        mixed = {"relatedness": float(relatedness), "independent": independent}
+    c_alt = base.c_alt if mixed.get("independent") == "inputs" else None
     lab = two_task_labels(
-        base.c, relation, noise_std=noise_std, ur_noise_std=ur_noise_std, labeling=labeling, seed=label_seed
-    )
+        base.c, relation, noise_std=noise_std, ur_noise_std=ur_noise_std, labeling=labeling, seed=label_seed,
+        relatedness=float(relatedness), c_alt=c_alt,
+    )  # fmt: skip
     meta = {
         **base.meta,
         "relation": relation,
+        **mixed,
         "noise_std": noise_std,
         "ur_noise_std": ur_noise_std,
         "labeling": labeling,
@@ -429,14 +517,15 @@ def build_criteo_ru(
     }
     table = base.table.append_column("task1", pa.array(lab["task1"])).append_column("task2", pa.array(lab["task2"]))
     schema = criteo_schema([TaskSpec("task1"), TaskSpec("task2")], min_count=min_count, hash_buckets=hash_buckets)
-    name = "criteo_r" if relation == "related" else "criteo_ur"
+    name = {"related": "criteo_r", "unrelated": "criteo_ur"}.get(relation, f"criteo_mix{float(relatedness):g}")
     return encode_tables(name, schema, _split_tables(table, base.parts), meta)
 
 
 @register_dataset(
     "criteo_ru",
     description="DEPHN Criteo-R / Criteo-UR (A.1.1): task1 = 1[c>0], task2 from the related or unrelated "
-    "transform of the base confidence c (a DNN logit on a Criteo file, or known c of the Criteo-shaped generator)",
+    "transform of the base confidence c (a DNN logit on a Criteo file, or known c of the Criteo-shaped generator); "
+    "relation mixed: task2 the related label with probability relatedness, else an independent label",
     source="generated (criteo_like), or a Criteo-format file as path with confidence= (the DNN logits written by "
     "python -m mtlrec.recipes.criteo_ru)",
 )
@@ -460,13 +549,16 @@ def load_criteo_ru(
     split: tuple = (0.8, 0.1, 0.1),
     split_seed: int | None = None,
     dnn: dict[str, Any] | None = None,
+    relatedness: float = 1.0,
+    independent: str = "inputs",
 ) -> DataBundle:
     """Criteo-R (``relation="related"``) or Criteo-UR (``"unrelated"``): :func:`base_confidence` (the generator,
     or ``path`` with the recipe's ``confidence`` file) then :func:`build_criteo_ru` (label noise drawn with seed
     ``seed + 1``; ``min_count``, ``hash_buckets`` for the encoding). ``dnn`` is refused: the DNN is trained by the
-    recipe :mod:`mtlrec.recipes.criteo_ru`, never by the data set."""
-    if relation not in RELATIONS:
-        raise unknown_name("criteo_ru relation", relation, RELATIONS)
+    recipe :mod:`mtlrec.recipes.criteo_ru`, never by the data set. ``relation="mixed"``: task 2 is the related
+    label with probability ``relatedness``, else an ``independent`` one (``inputs``: generator only; ``noise``)."""
+    if relation not in ALL_RELATIONS:
+        raise unknown_name("criteo_ru relation", relation, ALL_RELATIONS)
     if dnn is not None:
         raise UserError(
             "criteo_ru: dnn= is a setting of the base-confidence recipe; run `python -m mtlrec.recipes.criteo_ru "
@@ -486,6 +578,7 @@ def load_criteo_ru(
         split_seed=split_seed,
     )
     labels = {"noise_std": noise_std, "ur_noise_std": ur_noise_std, "labeling": labeling}
+    labels |= {"relatedness": relatedness, "independent": independent}
     enc = {"min_count": min_count, "hash_buckets": hash_buckets}
     return build_criteo_ru(base, relation, **labels, label_seed=seed + 1, **enc)
 

@@ -1,0 +1,107 @@
+"""benchmarks/claims.py on a synthetic results file: verdicts from paired tests, pending rows on partial results."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import claims as C  # noqa: E402
+
+SEEDS = [0, 1, 2, 3, 4]
+
+
+def _row(model, task, values, dataset="group1", metric="auc"):
+    return {"model": model, "dataset": dataset, "task": task, "metric": metric, "split": "test",
+            "mean": sum(values) / len(values), "values": values, "seeds": SEEDS}  # fmt: skip
+
+
+def _payload(rows, done):
+    models = {f"group1/{m}": {"best_epochs": [4] * 5, "epochs_run": [7] * 5} for m in ("dephn", "mmoe", "ple")}
+    return {"benchmark": "claims_census", "quick": False, "complete": False, "cells_done": done,
+            "cells_total": 130, "rows": rows, "models": models}  # fmt: skip
+
+
+def test_claims_table_on_partial_results(tmp_path):
+    base = [0.950, 0.951, 0.949, 0.952, 0.950]
+    rows = [
+        _row("dephn", "income", [v + 0.002 + 0.0001 * i for i, v in enumerate(base)]),  # better, significant
+        _row("mmoe", "income", base),
+        _row("ple", "income", [v + 0.0005 * (-1) ** i for i, v in enumerate(base)]),  # no significant difference
+        _row("mmoe_wide", "income", [v + 0.003 + 0.0001 * i for i, v in enumerate(base)]),  # beats dephn
+        _row("ple_wide", "income", [v - 0.01 for v in base]),
+    ]
+    path = tmp_path / "claims_census.json"
+    path.write_text(json.dumps(_payload(rows, 12)))
+    configs = ROOT / "configs" / "bench"
+    grids = {name: C.load_grid(name, {C.CENSUS: path}, configs, fallback=False) for name in C.GRIDS}
+    assert grids[C.CENSUS].total == 130 and grids[C.VG].payload is None
+    mine = [
+        C.Claim("DEPHN", "ablation", "q", C.CENSUS, "group1", "income", pairs=[("dephn", "mmoe")]),
+        C.Claim("DEPHN", "order", "q", C.CENSUS, "group1", "income", pairs=[("dephn", "mmoe"), ("mmoe", "ple")]),
+        C.Claim("issue", "size", "–", C.CENSUS, "group1", "income", pairs=[("dephn", "mmoe_wide")]),
+        C.Claim("DEPHN", "missing model", "q", C.CENSUS, "group1", "income", pairs=[("dephn", "dephn-no_vg")]),
+        C.Claim("DEPHN", "majority", "q", C.CENSUS, "group1", "income", kind="majority",
+                pairs=[("dephn", "mmoe"), ("dephn", "ple_wide"), ("mmoe_wide", "dephn")]),
+        C.Claim("DEPHN", "VG", "q", C.VG, "mix0", "mean", pairs=[("add_sqrt-pearson@adam", "no_vg@adam")]),
+        C.Claim("DEPHN", "WeChat", "q", None, why="no data"),
+    ]  # fmt: skip
+    md = C.claims_markdown(grids, mine)
+    lines = {line.split(" | ")[2]: line for line in md.splitlines() if line.startswith("| ") and " | " in line}
+    assert "| reproduced |" in lines["ablation"] and "dephn 0.9526 ± 0.0012" in lines["ablation"]
+    assert "5 seeds" in lines["ablation"] and "selected epoch 4.0 (run ≤ 7)" in lines["ablation"]
+    assert "not reproduced (mmoe vs ple: no significant difference" in lines["order"]
+    assert "not reproduced (dephn vs mmoe_wide reversed, p < 0.001)" in lines["size"]
+    assert "pending: grid incomplete (12 of 130 runs)" in lines["missing model"]
+    assert "reproduced (3 of 3 significantly better)" in lines["majority"]
+    assert "pending: grid not run (0 of 850 runs)" in lines["VG"]
+    assert "not testable here: no data" in lines["WeChat"]
+    assert "| claims_census | 12 of 130 |" in md
+
+
+def test_every_claim_names_a_grid_entry_it_can_find():
+    from mtlrec.bench import plan_grid, prepare_config
+
+    labels = {}
+    for name in C.GRIDS:
+        cells = plan_grid(prepare_config(ROOT / "configs" / "bench" / f"{name}.yaml"))
+        labels[name] = {(c.dataset, c.label) for c in cells}
+    rows = C.claims()
+    assert len(rows) > 30
+    for c in rows:
+        if c.grid is None:
+            assert c.why
+            continue
+        for a, b in c.pairs:
+            for m in (a, b):
+                assert (c.dataset, m) in labels[c.grid], (c.claim, m)
+        if c.kind == "trend":
+            assert (c.dataset2, c.pairs[0][0]) in labels[c.grid]
+
+
+def test_main_writes_the_table(tmp_path, capsys):
+    out, quick = tmp_path / "claims.md", tmp_path / "quick.json"
+    quick.write_text(json.dumps({**_payload([_row("dtn", "income", [0.9] * 5, None)], 8), "quick": True}))
+    assert C.main(["--out", str(out), "--results", f"{C.DTN}={quick}"]) == 0
+    text = out.read_text()
+    assert text.startswith("# Claims table") and "not testable here" in text
+    assert "| claims_census_dtn | not run |" in text  # a quick run is no evidence
+    assert "claims_census_dtn" in capsys.readouterr().out
+
+
+def test_vg_rows_show_the_measured_label_pearson(tmp_path):
+    rows = [
+        _row(m, t, [0.80 + d + 0.001 * i for i in range(5)], "mix0")
+        for m, d in (("add_sqrt-pearson@adam", 0.01), ("no_vg@adam", 0.0))
+        for t in ("task1", "task2")
+    ]
+    payload = {**_payload(rows, 20), "datasets": {"mix0": {"labels": {"label_pearson": 0.0153}}}}
+    path = tmp_path / "vg.json"
+    path.write_text(json.dumps(payload))
+    grid = C.load_grid(C.VG, {C.VG: path}, ROOT / "configs" / "bench", fallback=False)
+    claim = C.Claim("DEPHN", "VG", "q", C.VG, "mix0", "mean", pairs=[("add_sqrt-pearson@adam", "no_vg@adam")])
+    ours, verdict = C.evaluate_claim(claim, {C.VG: grid})
+    assert verdict == "reproduced" and "mix0 label Pearson 0.015" in ours and "add_sqrt-pearson@adam 0.8120" in ours
