@@ -15,6 +15,8 @@ one), :meth:`TorchRecEmbedding.optimizer_state` the fused optimizer's state like
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -187,7 +189,7 @@ class TorchRecEmbedding(nn.Module):
         local = {(p, n): v for p, states in live.items() for n, v in states.items()}
         # a rank lists only the tables it holds: agree on the union of names, sizes and dtypes first
         specs: list = [None] * dist.get_world_size()
-        dist.all_gather_object(specs, [(p, n, tuple(v.size()), v.dtype) for (p, n), v in local.items()])
+        dist.all_gather_object(specs, [(p, n, _global_size(v), v.dtype) for (p, n), v in local.items()])
         out: dict[str, dict[str, torch.Tensor]] = {}
         for p, n, size, dtype in sorted({s for spec in specs for s in spec}, key=lambda s: s[:2]):
             full = torch.zeros(size, dtype=dtype)
@@ -312,14 +314,21 @@ def _plain_key(key: str) -> str:
     return key.removeprefix("module.").removeprefix("_dmp_wrapped_module.")
 
 
+def _global_size(value) -> tuple[int, ...]:  # noqa: ANN001 - a ShardedTensor or a tensor
+    """The full shape; quiet about torch's deprecation of ``ShardedTensor``, which TorchRec 1.8 still returns."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecating ShardedTensor", category=FutureWarning)
+        return tuple(value.size())
+
+
 def _shard_slices(shard) -> tuple[slice, ...]:  # noqa: ANN001 - a torch.distributed Shard
     return tuple(slice(o, o + n) for o, n in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes, strict=True))
 
 
 def _scatter_local(value, src: torch.Tensor) -> None:  # noqa: ANN001 - a ShardedTensor or a tensor
     """Copy this rank's part of the full tensor ``src`` into ``value`` (a ``ShardedTensor``'s local shards)."""
-    if tuple(value.size()) != tuple(src.shape):
-        raise RuntimeError(f"shape {tuple(src.shape)} in the checkpoint, {tuple(value.size())} in the model")
+    if _global_size(value) != tuple(src.shape):
+        raise RuntimeError(f"shape {tuple(src.shape)} in the checkpoint, {_global_size(value)} in the model")
     if hasattr(value, "local_shards"):
         for shard in value.local_shards():
             shard.tensor.copy_(src[_shard_slices(shard)])
@@ -357,7 +366,7 @@ def gather_full_state(module: nn.Module) -> dict[str, torch.Tensor]:
         if not hasattr(value, "local_shards"):
             out[_plain_key(key)] = value.detach().clone()
             continue
-        full = torch.zeros(tuple(value.size()), dtype=value.dtype)
+        full = torch.zeros(_global_size(value), dtype=value.dtype)
         _gather_local(full, value)
         dist.all_reduce(full)  # each element lives on exactly one rank; the others contribute zeros
         out[_plain_key(key)] = full

@@ -303,7 +303,7 @@ class Trainer:
         """Under several processes, the TorchRec backend's tables sharded over the ranks (``train.embedding_plan``)
         and updated by TorchRec's fused optimizer matching ``train.embedding_optimizer``; returns the plan record
         (``{"plan", "optimizer", "tables": {table: {sharding_type, compute_kernel, ranks}}}``) or None."""
-        layers = [m for m in self.model.modules() if isinstance(m, trec.TorchRecEmbedding)]
+        layers = [m for m in self.model.modules() if isinstance(m, trec.TorchRecEmbedding) and m.tables]
         if self.dist is None or not layers:
             return None
         if self.scaler is not None:
