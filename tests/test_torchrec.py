@@ -53,6 +53,7 @@ def test_torchrec_backend_equals_fused_table_in_one_process():
     fused, tr = _pair(bundle, sparse_embedding=False)  # unsharded TorchRec tables take dense gradients: dense Adam
     batch = next(iter(BatchIterator(bundle.train, 128)))
     torch.testing.assert_close(tr.embedding(batch), fused.embedding(batch))
+    torch.testing.assert_close(tr.embedding.to_fused()(batch), tr.embedding(batch))  # what export traces
     cfg = TrainConfig(batch_size=128, lr=1e-2, progress=False, device="cpu")
     a, b = Trainer(fused, cfg), Trainer(tr, cfg)
     for k, batch in enumerate(BatchIterator(bundle.train, 128, shuffle=True).epoch(0)):
@@ -207,12 +208,15 @@ def test_the_plan_is_recorded(two):
 def test_a_two_process_checkpoint_evaluates_in_one_process_and_resumes_in_two(two):
     from mtlrec.errors import UserError
     from mtlrec.experiment import load_run
+    from mtlrec.export.run import export_run
     from mtlrec.train.trainer import evaluate
 
     res, out = two
     model, _ = load_run(out / "full")  # best.pt, unsharded layout, weights_only loading
     assert not model.embedding.sharded
     assert abs(evaluate(model, _bundle().test)["click"]["auc"] - res[0]["test_auc"]) < 1e-6
+    report = export_run(out / "full", "onnx", out / "m.onnx", data=_bundle().valid)  # parity-checked
+    assert report["max_abs_diff"] < 1e-5 and (out / "m.onnx").exists()
     for r in (0, 1):
         assert res[r]["resume_diff"] < 1e-5
     with pytest.raises(UserError, match="tables sharded table_wise over 2 processes"):

@@ -123,6 +123,25 @@ class TorchRecEmbedding(nn.Module):
         if self.numeric is not None and fused.numeric is not None:
             self.numeric.copy_(fused.numeric)
 
+    @torch.no_grad()
+    def to_fused(self):  # noqa: ANN201 - a FusedEmbedding
+        """The same embeddings from one :class:`~mtlrec.layers.embedding.FusedEmbedding` holding these rows (the
+        reverse of :meth:`load_fused`), for export: TorchRec's jagged lookups do not trace into a static graph."""
+        from mtlrec.layers.embedding import FusedEmbedding
+
+        if self.sharded:
+            raise UserError("to_fused: the tables are sharded; load the run's checkpoint in one process first")
+        fused = FusedEmbedding(self.layout, self.dim, sparse=False, embed_numeric=self.embed_numeric)
+        offsets = torch.cat([fused.cat_offsets, fused.multi_offsets]).tolist()
+        w = fused.table.weight
+        for off, t in zip(offsets, self.tables, strict=True):
+            rows = self.ebc.embedding_bags[t.name].weight
+            n = min(rows.shape[0], w.shape[0] - off)
+            w[off : off + n].copy_(rows[:n])
+        if self.numeric is not None:
+            fused.numeric.copy_(self.numeric)
+        return fused
+
     @property
     def sharded(self) -> bool:
         """True once :meth:`shard` handed the tables to ``DistributedModelParallel``."""
