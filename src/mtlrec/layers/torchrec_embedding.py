@@ -220,9 +220,13 @@ class TorchRecEmbedding(nn.Module):
         return out
 
     @torch.no_grad()
-    def load_optimizer_state(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
-        """Copy full optimizer state (:meth:`optimizer_state`) into this rank's shards of the fused optimizer."""
-        for p, states in self.ebc.fused_optimizer.state_dict()["state"].items():
+    def load_optimizer_state(self, state: dict[str, dict[str, torch.Tensor]], step: int | None = None) -> None:
+        """Copy full optimizer state (:meth:`optimizer_state`) into this rank's shards of the fused optimizer;
+        ``step``: the optimisation steps done, the fused kernel's step count (Adam's bias correction)."""
+        optimizer = self.ebc.fused_optimizer
+        if step is not None and hasattr(optimizer, "set_optimizer_step"):
+            optimizer.set_optimizer_step(step)
+        for p, states in optimizer.state_dict()["state"].items():
             for n, value in states.items():
                 src = state.get(p, {}).get(n)
                 if src is None:

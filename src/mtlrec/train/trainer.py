@@ -500,7 +500,7 @@ class Trainer:
             for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
                 opt.load_state_dict(s)
             for name, layer in trec.sharded_embeddings(self.model):
-                layer.load_optimizer_state(state["embedding_optimizer"][name])
+                layer.load_optimizer_state(state["embedding_optimizer"][name], step=state["trainer"]["step"])
             self.weighting.load_state_dict(state["weighting"])
             trainer = dict(state["trainer"])
             rng = state["rng_torch"]
