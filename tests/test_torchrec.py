@@ -102,12 +102,12 @@ def _cfg(**kw):
     return TrainConfig(**{**base, **kw})
 
 
-def _losses(model, bundle) -> list:
+def _losses(model, bundle, plan: str = "table_wise") -> list:
     from mtlrec.data.batches import BatchIterator
     from mtlrec.train import distributed
     from mtlrec.train.trainer import Trainer
 
-    tr = Trainer(model, _cfg())
+    tr = Trainer(model, _cfg(embedding_plan=plan))
     it = distributed.ShardedBatches(BatchIterator(bundle.train, 256, shuffle=True, seed=0), distributed.current())
     batches = itertools.islice(it.epoch(0), STEPS)
     return [tr.train_step(b, it.last_global_size)[1].tolist() for b in batches]
@@ -151,6 +151,7 @@ def _two_process_run(out_dir) -> dict:
     torch.set_num_threads(1)
     bundle = _bundle()
     res = {"losses": _losses(_pair(bundle)[1], bundle)}
+    res["losses_by_plan"] = {p: _losses(_pair(bundle)[1], bundle, p) for p in ("column_wise", "auto")}
     full = _fit(_pair(bundle)[1], bundle, out_dir / "full")
     res["plan"] = full.embedding_plan
     res["history"] = [h["monitor_value"] for h in full.state["history"]]
@@ -190,6 +191,8 @@ def test_sharded_tables_train_like_the_fused_table(two):
     history = [h["monitor_value"] for h in ref.state["history"]]
     for r in (0, 1):
         np.testing.assert_allclose(res[r]["losses"], one_losses, rtol=1e-5, atol=1e-6)
+        for plan, losses in res[r]["losses_by_plan"].items():
+            np.testing.assert_allclose(losses, one_losses, rtol=1e-5, atol=1e-6, err_msg=plan)
         np.testing.assert_allclose(res[r]["history"], history, atol=1e-4)
         assert abs(res[r]["test_auc"] - auc) < 1e-4
 
