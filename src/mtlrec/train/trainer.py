@@ -42,8 +42,8 @@ class TrainConfig:
     matmuls on CUDA. ``embedding_optimizer``: ``adam`` (lazy Adam) or ``adagrad``, for the embedding tables (the
     fused table, the TorchRec tables; sharded TorchRec tables on CPU need ``adagrad``). ``embedding_plan``: how
     the TorchRec backend's tables are sharded over several processes: ``table_wise``, ``column_wise``,
-    ``row_wise`` (CUDA) or ``auto`` (TorchRec's planner). Invalid values raise :class:`~mtlrec.errors.UserError` naming ``train.<field>`` when the
-    config is built."""
+    ``row_wise`` (CUDA) or ``auto`` (TorchRec's planner). Invalid values raise
+    :class:`~mtlrec.errors.UserError` naming ``train.<field>`` when the config is built."""
 
     epochs: int = 10
     batch_size: int = 2048
