@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from mtlrec.cli import app
+from mtlrec.errors import UserError
 from mtlrec.explain.gates import first_batch, gate_values, readable_name
 from mtlrec.explain.report import explain_model, has_virtual_gradient
 from mtlrec.models.registry import create_model
@@ -93,3 +96,25 @@ def test_cli_explain_esmm_says_nothing_to_explain(runs):
 def test_cli_explain_needs_a_run_or_vg_only(tmp_path):
     res = CliRunner().invoke(app, ["explain", "--out", str(tmp_path / "bad")])
     assert res.exit_code != 0
+
+
+def test_cli_explain_device(runs):
+    run = str(runs / "runs" / "mmoe" / "seed0")
+    res = CliRunner().invoke(app, ["explain", run, "--out", str(runs / "on_cpu"), "--device", "cpu", "--importance"])
+    assert res.exit_code == 0, res.output
+    assert "gates.png" in json.loads(res.output.strip().splitlines()[-1])["files"]
+    res = CliRunner().invoke(app, ["explain", run, "--out", str(runs / "bad_device"), "--device", "tpu"])
+    assert isinstance(res.exception, UserError)  # exit 2 with the line once main() prints it
+    assert "--device: expected one of auto, cpu, cuda, cuda:N, got 'tpu'" in str(res.exception)
+    assert not (runs / "bad_device").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cli_explain_on_cuda_gives_the_cpu_figures(runs):
+    run = str(runs / "runs" / "mmoe" / "seed0")
+    for dev in ("cpu", "cuda"):
+        res = CliRunner().invoke(app, ["explain", run, "--out", str(runs / f"ex_{dev}"), "--device", dev])
+        assert res.exit_code == 0, res.output
+    gates = [json.loads((runs / f"ex_{d}" / "explain.json").read_text())["gates"] for d in ("cpu", "cuda")]
+    for name, g in gates[0].items():
+        assert np.allclose(g["values"], gates[1][name]["values"], atol=1e-5), name

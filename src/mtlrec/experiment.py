@@ -254,7 +254,7 @@ def run_one(
         "valid": valid,
         "test": test,
         "params": params,
-        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "num_parameters": trainer.num_parameters(),
         "data": bundle.meta,
         **distributed_fields(trainer, train),
     }
@@ -267,14 +267,18 @@ def run_one(
 
 
 def distributed_fields(trainer: Trainer, train: TrainConfig) -> dict[str, Any]:
-    """Where a run trained: device, precision, number of processes and the global batch size."""
+    """Where a run trained: device, precision, number of processes, the global batch size and, with sharded
+    TorchRec tables, the planner's plan (per table: sharding type, compute kernel, ranks)."""
     world = distributed.world_size()
-    return {
+    fields = {
         "device": str(trainer.device),
         "precision": train.precision,
         "world_size": world,
         "global_batch_size": train.batch_size,
     }
+    if trainer.embedding_plan is not None:
+        fields["embedding_plan"] = trainer.embedding_plan
+    return fields
 
 
 def load_run(run_dir: str | Path, which: str = "best"):

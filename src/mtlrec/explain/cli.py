@@ -23,6 +23,7 @@ def explain(
     checkpoint: str = typer.Option("best", help="best or last"),
     max_rows: int = typer.Option(20000, "--max-rows", min=1, help="At most this many rows of the split are used"),
     resolution: int = typer.Option(101, help="Grid points per axis of the VG surfaces"),
+    device: str = typer.Option("cpu", help="Where the model runs: cpu, cuda, cuda:N or auto (any run loads anywhere)"),
 ) -> None:
     """Write explain outputs as JSON + PNG: for a run, the SSG gate values per structure (DEPHN Fig. 3a), the
     public/private share of the pre-sigmoid logit (Fig. 3b) and the learned gate values per task (what the model
@@ -36,6 +37,8 @@ def explain(
       mtlrec explain runs/ali/dephn/seed0 --out figs/dephn
 
       mtlrec explain runs/census/mmoe/seed0 --out figs/mmoe --importance --repeats 3 --max-rows 5000
+
+      mtlrec explain runs/census/mmoe/seed0 --out figs/mmoe --device cuda
     """
     from mtlrec.explain.report import explain_model, has_virtual_gradient, write_importance, write_vg_surfaces
 
@@ -47,8 +50,11 @@ def explain(
         raise UserError("mtlrec explain: give a RUN_DIR (a folder written by `mtlrec train`), or --vg-only")
     from mtlrec.data.datasets import load_dataset
     from mtlrec.experiment import load_run
+    from mtlrec.train.device import resolve_device
 
+    dev = resolve_device(device, where="--device")  # before any loading: a bad value fails at once
     model, info = load_run(run_dir, checkpoint)
+    model.to(dev)  # the batches follow the model (explain.gates, train.trainer.predict)
     meta = info.get("data_meta") or {}
     name, params = meta.get("dataset_name") or info.get("dataset"), meta.get("load_params")
     data = None

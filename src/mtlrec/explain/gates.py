@@ -13,6 +13,7 @@ from mtlrec.data.batches import Batch, BatchIterator
 from mtlrec.layers.gates import Gate
 from mtlrec.layers.selection import SoftSelectionGating
 from mtlrec.models.capabilities import GateSummary, GateTable, LogitParts
+from mtlrec.train.device import model_device, move_batch
 
 _LEVEL_CONTAINERS = {"levels", "layers"}
 
@@ -69,12 +70,12 @@ def ssg_gate_values(model: nn.Module) -> dict[str, np.ndarray]:
     return out
 
 
-def _batches(data: Any, batch_size: int, max_rows: int):
+def _batches(data: Any, batch_size: int, max_rows: int, device: torch.device):
     seen = 0
     for batch in BatchIterator(data, batch_size):
         if seen >= max_rows:
             break
-        yield batch
+        yield move_batch(batch, device)
         seen += len(batch)
 
 
@@ -86,7 +87,7 @@ def logit_shares(model: nn.Module, data: Any, *, batch_size: int = 1024, max_row
         raise ValueError(f"{type(model).__name__} has no public/private logit split")
     model.eval()
     acc: dict[str, list[np.ndarray]] = {}
-    for batch in _batches(data, batch_size, max_rows):
+    for batch in _batches(data, batch_size, max_rows, model_device(model)):
         for t, (pub, pri) in model.logit_parts(batch).items():
             acc.setdefault(t, []).append(torch.stack([pub.abs(), pri.abs()], 1).double().cpu().numpy())
     out = {}
@@ -109,8 +110,11 @@ def gate_values(model: nn.Module, batch: Batch | None = None) -> dict[str, dict[
     Models with the :class:`~mtlrec.models.capabilities.GateTable` capability (MT-PHN, DEPHN) give
     ``(public expert × mapping)`` tables, keyed by task; :class:`~mtlrec.models.capabilities.GateSummary` models
     (DTN) their mean gate weight per named vector; for other models every :class:`Gate` is read after an eval
-    forward on ``batch``, averaged over its rows and keyed by a readable name (:func:`readable_name`)."""
+    forward on ``batch`` (moved to the model's device), averaged over its rows and keyed by a readable name
+    (:func:`readable_name`)."""
     model.eval()
+    if batch is not None:
+        batch = move_batch(batch, model_device(model))
     if isinstance(model, GateTable):
         table = model.gate_table(batch)
         return {

@@ -39,6 +39,17 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best"):
     return load_run(run_dir, checkpoint)
 
 
+def with_fused_table(model):  # noqa: ANN001, ANN201 - a MultiTaskModel
+    """``model`` with a TorchRec backend's tables (any run, also one trained sharded over several processes) put in
+    the one fused table holding the same rows, whose lookups trace into ONNX, TorchScript and torch.export graphs
+    (TorchRec's jagged ones do not); other models as they are."""
+    from mtlrec.layers.torchrec_embedding import TorchRecEmbedding
+
+    if isinstance(getattr(model, "embedding", None), TorchRecEmbedding):
+        model.embedding = model.embedding.to_fused()
+    return model
+
+
 def run_split(info: dict[str, Any], split: str) -> EncodedData:
     """A split of the run's data set, reloaded as ``mtlrec evaluate`` does (from the run's recorded load params)."""
     from mtlrec.data.datasets import load_dataset
@@ -98,6 +109,7 @@ def export_run(
     the run's validation split (or ``data``). Raises :class:`ParityError` when it did not (nothing is written).
     Returns a report: ``path``, ``preprocess``, ``max_abs_diff``, ``rows``, ``exporter``."""
     model, info = load_run_model(run_dir, checkpoint)
+    model = with_fused_table(model)
     out = Path(out)
     if out.suffix != SUFFIXES.get(fmt, out.suffix):
         raise UserError(f"--out {out}: a {fmt} export is written to a {SUFFIXES[fmt]} file")

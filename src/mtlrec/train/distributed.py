@@ -146,6 +146,20 @@ def shard_bounds(n: int, world: int, r: int) -> tuple[int, int]:
     return lo, lo + base + (1 if r < extra else 0)
 
 
+def slice_batches(data, batch_size: int, ctx: DistContext):
+    """This rank's contiguous share of ``data`` (an ``EncodedData``) in batches of at most ``batch_size`` rows,
+    as many batches on every rank (sharded TorchRec tables need every rank in each forward pass): the number the
+    largest share needs, each share split evenly."""
+    from mtlrec.data.batches import Batch
+
+    lo, hi = shard_bounds(len(data), ctx.world_size, ctx.rank)
+    largest = shard_bounds(len(data), ctx.world_size, 0)[1]  # rank 0 holds a largest share
+    count = -(-largest // batch_size)
+    for j in range(count):
+        a, z = shard_bounds(hi - lo, count, j)
+        yield Batch.from_arrays(data, slice(lo + a, lo + z))
+
+
 class ShardedBatches:
     """This rank's part of every global batch of a :class:`~mtlrec.data.batches.BatchIterator`: the global batch
     (the same rows, in the same shuffled order, as one process draws) split into ``world_size`` contiguous pieces.

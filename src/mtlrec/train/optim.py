@@ -128,14 +128,33 @@ def _touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor
     return rows, summed.view(rows.numel(), *grad.shape[1:])
 
 
+EMBEDDING_OPTIMIZERS = ("adam", "adagrad")
+#: the eps of each embedding optimizer; TorchRec's fused optimizer of the sharded tables is given the same one
+EMBEDDING_EPS = {"adam": 1e-8, "adagrad": 1e-10}
+
+
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(dense, sparse): parameters of ``nn.Embedding(sparse=True)`` modules go to the sparse group."""
+    """(dense, embedding tables): the tables are the weights of ``nn.Embedding(sparse=True)`` modules and what a
+    module's ``table_parameters()`` names (the TorchRec backend's unsharded tables). Parameters an optimizer
+    updates inside the backward pass (TorchRec's sharded tables, marked ``_in_backward_optimizers``) are in
+    neither group."""
     sparse_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
+    sparse_ids |= {id(p) for m in model.modules() if hasattr(m, "table_parameters") for p in m.table_parameters()}
     dense, sparse = [], []
     for p in model.parameters():
-        if p.requires_grad:
+        if p.requires_grad and not hasattr(p, "_in_backward_optimizers"):
             (sparse if id(p) in sparse_ids else dense).append(p)
     return dense, sparse
+
+
+def embedding_optimizer(params: list[nn.Parameter], kind: str, lr: float) -> torch.optim.Optimizer:
+    """The optimizer of the embedding tables: ``adam`` is :class:`RowwiseAdam` (lazy Adam), ``adagrad`` is
+    ``torch.optim.Adagrad`` (lazy by nature: a row without gradient keeps its weights and accumulator)."""
+    if kind == "adam":
+        return RowwiseAdam(params, lr=lr, eps=EMBEDDING_EPS["adam"])
+    if kind == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, eps=EMBEDDING_EPS["adagrad"])
+    raise ValueError(f"embedding optimizer must be one of {EMBEDDING_OPTIMIZERS}, got {kind!r}")
 
 
 def build_optimizers(
@@ -145,9 +164,10 @@ def build_optimizers(
     embedding_lr: float | None = None,
     weight_decay: float = 0.0,
     groups: list[dict] | None = None,
+    embedding_kind: str = "adam",
 ) -> list[torch.optim.Optimizer]:
-    """Adam (``fused=True`` where the build supports it) on dense parameters; :class:`RowwiseAdam` (lazy Adam:
-    only the rows a batch touches are updated) on sparse embedding tables. ``groups``
+    """Adam (``fused=True`` where the build supports it) on dense parameters; :func:`embedding_optimizer`
+    (``embedding_kind``: ``adam``, lazy Adam, or ``adagrad``) on the embedding tables. ``groups``
     (:class:`~mtlrec.models.capabilities.OptimizerGroups`): parameters with their own optimizer (``adam`` or
     ``sgd``, ``lr`` None = ``lr``), left out of the default groups; their optimizers come last."""
     groups = [g for g in groups or [] if g["params"]]
@@ -162,7 +182,7 @@ def build_optimizers(
     if dense:
         opts.append(_adam(dense, lr, weight_decay))
     if sparse:
-        opts.append(RowwiseAdam(sparse, lr=embedding_lr or lr))
+        opts.append(embedding_optimizer(sparse, embedding_kind, embedding_lr or lr))
     for g in groups:
         kind, glr = g.get("optimizer", "adam"), g.get("lr") or lr
         if kind == "adam":

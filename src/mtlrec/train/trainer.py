@@ -22,12 +22,13 @@ from mtlrec import metrics as M
 from mtlrec.data.batches import BatchIterator
 from mtlrec.data.preprocess import EncodedData
 from mtlrec.errors import NonFiniteLoss, RunInterrupted, UserError, unknown_name
+from mtlrec.layers import torchrec_embedding as trec
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.capabilities import EpochStats, OptimizerGroups
 from mtlrec.train import checkpoint as ckpt
 from mtlrec.train import distributed
 from mtlrec.train.device import FiniteFlag, model_device, move_batch, resolve_device, set_tf32
-from mtlrec.train.optim import build_optimizers
+from mtlrec.train.optim import EMBEDDING_EPS, EMBEDDING_OPTIMIZERS, build_optimizers
 from mtlrec.train.precision import PRECISIONS, autocast, check_precision, grad_scaler
 from mtlrec.train.weighting import WeightingStrategy, create_weighting, list_weightings
 
@@ -39,8 +40,11 @@ class TrainConfig:
     first task's first metric. ``checkpoint_every``: also write the last checkpoint every N steps (0: only at
     epoch ends). ``precision``: ``fp32``, ``bf16`` (autocast on CPU and CUDA) or ``fp16`` (CUDA autocast with a
     gradient scaler). ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``. ``tf32``: TF32
-    matmuls on CUDA. Invalid values raise :class:`~mtlrec.errors.UserError` naming ``train.<field>`` when the
-    config is built."""
+    matmuls on CUDA. ``embedding_optimizer``: ``adam`` (lazy Adam) or ``adagrad``, for the embedding tables (the
+    fused table, the TorchRec tables; sharded TorchRec tables on CPU need ``adagrad``). ``embedding_plan``: how
+    the TorchRec backend's tables are sharded over several processes: ``table_wise``, ``column_wise``,
+    ``row_wise`` (CUDA) or ``auto`` (TorchRec's planner). Invalid values raise
+    :class:`~mtlrec.errors.UserError` naming ``train.<field>`` when the config is built."""
 
     epochs: int = 10
     batch_size: int = 2048
@@ -61,6 +65,8 @@ class TrainConfig:
     grad_clip: float | None = None
     device: str = "auto"
     tf32: bool = False
+    embedding_optimizer: str = "adam"
+    embedding_plan: str = "table_wise"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -82,6 +88,12 @@ class TrainConfig:
             _check_number("grad_clip", self.grad_clip, positive=True)
         if self.precision not in PRECISIONS:
             raise unknown_name("precision", self.precision, PRECISIONS, where="train.precision")
+        if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:
+            raise unknown_name(
+                "embedding optimizer", self.embedding_optimizer, EMBEDDING_OPTIMIZERS, where="train.embedding_optimizer"
+            )
+        if self.embedding_plan not in trec.PLANS:
+            raise unknown_name("embedding plan", self.embedding_plan, trec.PLANS, where="train.embedding_plan")
         if self.weighting not in list_weightings():
             raise unknown_name("weighting", self.weighting, list_weightings(), where="train.weighting")
         if not isinstance(self.weighting_params, dict):
@@ -161,13 +173,15 @@ def predict(
     dev = resolve_device(device, where="--device") if device is not None else model_device(model)
     model.to(dev)
     ctx = distributed.current()
-    if ctx is not None:  # every rank scores a contiguous slice; gathered below in row order
-        data = data.take(slice(*distributed.shard_bounds(len(data), ctx.world_size, ctx.rank)))
+    if ctx is None:
+        batches = BatchIterator(data, batch_size).epoch(0)
+    else:  # every rank scores a contiguous slice (gathered below in row order) in as many batches as the others
+        batches = distributed.slice_batches(data, batch_size, ctx)
     was_training = model.training
     model.eval()
     chunks: dict[str, list[torch.Tensor]] = {t: [] for t in model.task_names}
     try:
-        for batch in BatchIterator(data, batch_size).epoch(0):
+        for batch in batches:
             if should_stop is not None and should_stop():
                 raise EvaluationStopped
             with autocast(precision, dev):
@@ -254,12 +268,16 @@ class Trainer:
         self.monitor_task, self.monitor_metric, self.higher_better = resolve_monitor(model, config.monitor)
         if config.threads:
             torch.set_num_threads(config.threads)
+        self.embedding_plan = self._shard_embeddings()
+        if self.embedding_plan is not None and self.run_info is not None:
+            self.run_info = {**self.run_info, "embedding_plan": self.embedding_plan}
         self.optimizers = build_optimizers(
             model,
             config.lr,
             embedding_lr=config.embedding_lr,
             weight_decay=config.weight_decay,
             groups=model.optimizer_groups() if isinstance(model, OptimizerGroups) else None,
+            embedding_kind=config.embedding_optimizer,
         )
         self.weighting = weighting or create_weighting(
             config.weighting,
@@ -282,6 +300,44 @@ class Trainer:
         self._resumed = False
         self._run_files_written = False  # run.json written (or the run folder claimed) by this run
         self._stop_signal: int | None = None
+
+    def _shard_embeddings(self) -> dict[str, Any] | None:
+        """Under several processes, the TorchRec backend's tables sharded over the ranks (``train.embedding_plan``)
+        and updated by TorchRec's fused optimizer matching ``train.embedding_optimizer``; returns the plan record
+        (``{"plan", "optimizer", "tables": {table: {sharding_type, compute_kernel, ranks}}}``) or None."""
+        layers = [m for m in self.model.modules() if isinstance(m, trec.TorchRecEmbedding) and m.tables]
+        if self.dist is None or not layers:
+            return None
+        if self.scaler is not None:
+            raise UserError(
+                "train.precision 'fp16': the sharded TorchRec tables are updated inside the backward pass, where "
+                "the gradient scaler cannot unscale them; use 'bf16' or 'fp32'"
+            )
+        cfg = self.cfg
+        kind = cfg.embedding_optimizer
+        compute = "cuda" if self.device.type == "cuda" else "cpu"
+        params = trec.fused_params(kind, cfg.embedding_lr or cfg.lr, EMBEDDING_EPS[kind], compute)
+        tables: dict[str, dict] = {}
+        for layer in layers:
+            tables.update(layer.shard(cfg.embedding_plan, self.device, params))
+        return {
+            "plan": cfg.embedding_plan,
+            "world_size": self.dist.world_size,
+            "optimizer": params["optimizer"].value,
+            "tables": tables,
+        }
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The model's state dict in the unsharded layout (sharded tables gathered: every rank calls this)."""
+        return trec.full_state_dict(self.model)
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        trec.load_full_state_dict(self.model, state)
+
+    def num_parameters(self) -> int:
+        """The model's parameters, sharded tables counted whole (not this rank's shards)."""
+        own = sum(p.numel() for p in self.model.parameters() if not hasattr(p, "_in_backward_optimizers"))
+        return own + sum(layer.num_table_parameters() for _, layer in trec.sharded_embeddings(self.model))
 
     @property
     def monitor(self) -> str:
@@ -366,11 +422,13 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
     def _checkpoint_state(self) -> dict[str, Any]:
-        """Tensors and plain values only (loadable with ``weights_only=True``)."""
+        """Tensors and plain values only (loadable with ``weights_only=True``); the model in the unsharded layout
+        and, with sharded TorchRec tables, their fused optimizer's state gathered likewise (``embedding_optimizer``,
+        ``embedding_plan``). Every rank calls this when tables are sharded (the gathers are collective)."""
         if "epoch_task_loss" in self.state:
             self._host_epoch_sums()
-        return {
-            "model": self.model.state_dict(),
+        state = {
+            "model": self.model_state(),
             "optimizers": [o.state_dict() for o in self.optimizers],
             "weighting": self.weighting.state_dict(),
             "trainer": _plain(dict(self.state)),
@@ -378,18 +436,30 @@ class Trainer:
             "config": _plain(asdict(self.cfg)),
             "run_info_json": _run_info_json(self.run_info),
         }
+        if self.embedding_plan is not None:
+            state["embedding_plan_json"] = json.dumps(self.embedding_plan, sort_keys=True)
+            state["embedding_optimizer"] = {
+                name: layer.optimizer_state() for name, layer in trec.sharded_embeddings(self.model)
+            }
+        return state
 
     def save_last(self) -> None:
-        if self.out_dir and self.writer:
-            self._claim_run_folder()
-            ckpt.save_rotating(self._checkpoint_state(), self.out_dir / "last.pt")
-            self._write_run_info()
+        # with sharded tables every rank takes part in gathering them; only the writer writes
+        if self.out_dir and (self.writer or self.embedding_plan is not None):
+            state = self._checkpoint_state()
+            if self.writer:
+                self._claim_run_folder()
+                ckpt.save_rotating(state, self.out_dir / "last.pt")
+                self._write_run_info()
 
     def _save_best(self, epoch: int, value: float) -> None:
-        if self.out_dir and self.writer:
+        if self.out_dir and (self.writer or self.embedding_plan is not None):
+            model_state = self.model_state()
+            if not self.writer:
+                return
             self._claim_run_folder()
             state = {
-                "model": self.model.state_dict(),
+                "model": model_state,
                 "epoch": epoch,
                 "monitor": self.monitor,
                 "value": _plain(value),
@@ -425,11 +495,14 @@ class Trainer:
         if path is None or not (path.exists() or ckpt.prev_path(path).exists()):
             return False
         state, used = ckpt.load_with_fallback(path, warn=lambda m: warnings.warn(m, RuntimeWarning, stacklevel=3))
+        self._check_same_sharding(state, used)
         self._check_resumable(state, used)
         try:
-            self.model.load_state_dict(state["model"])
+            self.load_model_state(state["model"])
             for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
                 opt.load_state_dict(s)
+            for name, layer in trec.sharded_embeddings(self.model):
+                layer.load_optimizer_state(state["embedding_optimizer"][name], step=state["trainer"]["step"])
             self.weighting.load_state_dict(state["weighting"])
             trainer = dict(state["trainer"])
             rng = state["rng_torch"]
@@ -445,6 +518,22 @@ class Trainer:
         if self.out_dir:
             self._restore_run_info(state)
         return True
+
+    def _check_same_sharding(self, state: dict[str, Any], used: Path) -> None:
+        """A checkpoint of sharded TorchRec tables resumes under the same plan (the same number of processes): its
+        fused optimizer state has no place elsewhere (evaluate, predict and export load it anywhere)."""
+        saved = json.loads(state["embedding_plan_json"]) if state.get("embedding_plan_json") else None
+        if saved != self.embedding_plan:
+
+            def what(plan: dict | None) -> str:
+                if plan is None:
+                    return "unsharded tables"
+                return f"tables sharded {plan['plan']} over {plan['world_size']} processes ({plan['optimizer']})"
+
+            raise UserError(
+                f"{used}: cannot resume: the checkpoint holds {what(saved)}, this run {what(self.embedding_plan)}; "
+                "resume with the number of processes and train.embedding_plan the run was started with"
+            )
 
     def _check_resumable(self, state: dict[str, Any], used: Path) -> None:
         saved_cfg = state.get("config") or {}
@@ -624,7 +713,7 @@ class Trainer:
         if improved:
             st.update(best_value=value, best_epoch=epoch + 1, bad_epochs=0)
             self._save_best(epoch + 1, value)
-            self._best_in_memory = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self._best_in_memory = {k: v.detach().clone() for k, v in self.model_state().items()}
         else:
             st["bad_epochs"] += 1
         self.weighting.on_epoch_end((st["epoch_task_loss"] / max(st["epoch_batches"], 1)).float())
@@ -702,9 +791,9 @@ class Trainer:
     def load_best(self) -> None:
         """Load the best validation weights (from ``best.pt`` or memory) into the model."""
         if self.out_dir and (self.out_dir / "best.pt").exists():
-            self.model.load_state_dict(ckpt.load(self.out_dir / "best.pt")["model"])
+            self.load_model_state(ckpt.load(self.out_dir / "best.pt")["model"])
         elif getattr(self, "_best_in_memory", None) is not None:
-            self.model.load_state_dict(self._best_in_memory)
+            self.load_model_state(self._best_in_memory)
 
 
 class _StopSignals:
