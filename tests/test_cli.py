@@ -209,6 +209,21 @@ def test_a_failed_run_is_recorded_and_the_others_run(tmp_path, capsys, monkeypat
     assert "loss became nan" in rows[0]["error"]
 
 
+def test_settings_no_run_can_use_end_the_experiment_with_exit_2(tmp_path, capsys, monkeypatch):
+    from mtlrec.errors import SettingsError
+    from mtlrec.train.trainer import Trainer
+
+    def refuse(self, *a, **k):
+        raise SettingsError("train.embedding_optimizer 'adam': no Adam here; set train.embedding_optimizer=adagrad")
+
+    monkeypatch.setattr(Trainer, "fit", refuse)
+    code, _, err = _main(capsys, "train", _tiny(tmp_path), "--quiet", "--seeds", "0,1")
+    assert code == 2 and err.strip().splitlines() == [
+        "error: train.embedding_optimizer 'adam': no Adam here; set train.embedding_optimizer=adagrad"
+    ]
+    assert not (tmp_path / "runs" / "results.jsonl").exists()  # no run recorded as failed: none could have run
+
+
 def test_tracking_loggers_tensorboard_and_mlflow(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "")

@@ -32,6 +32,11 @@ def unknown_name(what: str, value: str, allowed: Iterable[str], where: str = "")
     return UserError(f"{prefix}unknown {what} {value!r}{did_you_mean(value, allowed)}; expected one of: {shown}")
 
 
+class SettingsError(UserError):
+    """Settings that no run of the experiment can train with (a device, precision or sharding combination that
+    the installed engines refuse): it ends the experiment at once instead of being recorded as one failed run."""
+
+
 class NonFiniteLoss(UserError):
     """Training produced a NaN/inf loss; the message names the likely cause (an input column, the lr)."""
 

@@ -16,7 +16,8 @@ Each run writes ``out_dir/<label>/seed<k>/`` (``run.json``, checkpoints, ``log.j
 keeps one row per (label, seed, data set) in ``out_dir/results.jsonl`` (a rerun replaces its row; the file is
 rewritten atomically). Model selection uses the validation split; the test split is evaluated once, at the end,
 with the best validation weights. A run that fails with a :class:`~mtlrec.errors.UserError` (a NaN loss, say) is
-recorded as ``status: failed`` and the other runs go on.
+recorded as ``status: failed`` and the other runs go on; a :class:`~mtlrec.errors.SettingsError` (settings no run
+can train with) ends the experiment.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from mtlrec.config import (  # apply_overrides, deep_update: public helpers kept
 from mtlrec.data.bundle import DataBundle
 from mtlrec.data.datasets import load_dataset
 from mtlrec.data.layout import FeatureLayout
-from mtlrec.errors import UserError, unknown_name
+from mtlrec.errors import SettingsError, UserError, unknown_name
 from mtlrec.models.registry import create_model
 from mtlrec.schema import TaskSpec
 from mtlrec.seeding import seed_everything  # noqa: F401  (re-exported: mtlrec.experiment.seed_everything)
@@ -426,6 +427,8 @@ def run_experiment(
                 config=raw,
                 on_epoch=epoch_cb,
             )
+        except SettingsError:
+            raise
         except UserError as e:
             row = {
                 "label": m.label,

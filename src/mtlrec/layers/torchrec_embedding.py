@@ -22,7 +22,7 @@ from torch import nn
 
 from mtlrec.data.batches import Batch
 from mtlrec.data.layout import FeatureLayout
-from mtlrec.errors import UserError
+from mtlrec.errors import SettingsError, UserError
 
 PLANS = ("auto", "table_wise", "row_wise", "column_wise")
 
@@ -244,7 +244,7 @@ def sharding_types(plan: str, offered: list[str], compute: str) -> list[str]:
     if plan == "auto":
         return fused
     if plan not in fused:
-        raise UserError(
+        raise SettingsError(
             f"train.embedding_plan {plan!r}: TorchRec's EmbeddingBagCollectionSharder does not offer {plan} sharding "
             f"on {compute} (it offers {', '.join(fused)}); choose one of those"
             + (" or train on CUDA" if compute == "cpu" else "")
@@ -263,7 +263,7 @@ def fused_params(kind: str, lr: float, eps: float, compute: str) -> dict:
         return {"optimizer": EmbOptimType.EXACT_ADAGRAD, "learning_rate": lr, "eps": eps}
     if kind == "adam":
         if compute != "cuda":
-            raise UserError(
+            raise SettingsError(
                 "train.embedding_optimizer 'adam': fbgemm's CPU kernel for sharded TorchRec tables has no Adam (it "
                 "offers exact Adagrad, row-wise Adagrad and SGD); set train.embedding_optimizer=adagrad (the fused "
                 "table then trains with the same Adagrad) or shard on CUDA"

@@ -21,7 +21,7 @@ import torch
 from mtlrec import metrics as M
 from mtlrec.data.batches import BatchIterator
 from mtlrec.data.preprocess import EncodedData
-from mtlrec.errors import NonFiniteLoss, RunInterrupted, UserError, unknown_name
+from mtlrec.errors import NonFiniteLoss, RunInterrupted, SettingsError, UserError, unknown_name
 from mtlrec.layers import torchrec_embedding as trec
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.capabilities import EpochStats, OptimizerGroups
@@ -309,7 +309,7 @@ class Trainer:
         if self.dist is None or not layers:
             return None
         if self.scaler is not None:
-            raise UserError(
+            raise SettingsError(
                 "train.precision 'fp16': the sharded TorchRec tables are updated inside the backward pass, where "
                 "the gradient scaler cannot unscale them; use 'bf16' or 'fp32'"
             )
