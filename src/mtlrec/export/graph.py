@@ -123,6 +123,8 @@ class InferenceModule(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(to_batch(self.layout, self.num_tasks, inputs))
+        # a reduced-precision copy (export.reduced) computes the logits in bf16: the sigmoid is taken in fp32
+        out.logits = {k: v.float() for k, v in out.logits.items()}
         scores = self.model.predict_proba(out)
         res = [scores[t].float() for t in self.model.task_names]
         res += [torch.sigmoid(out.extras[k].float()) for k in self.extras]
