@@ -51,10 +51,13 @@ class BatchedExperts(nn.Module):
         if x.dim() == 2:
             d, h = w0.shape[1], w0.shape[2]
             flat = w0.permute(1, 0, 2).reshape(d, n * h)
-            out = (x @ flat).view(x.shape[0], n, h).transpose(0, 1) + b0
+            bias = b0.permute(1, 0, 2).reshape(n * h)
+            # bias and activation on the (B, n·h) product, before it is viewed as (n, B, h): the bias is added in
+            # the GEMM, and an exported graph gets one Gemm that onnxruntime fuses with the activation
+            out = self.act(torch.addmm(bias, x, flat)).view(x.shape[0], n, h).transpose(0, 1)
         else:
-            out = torch.baddbmm(b0, x, w0)
-        out = self.dropout(self.act(out))
+            out = self.act(torch.baddbmm(b0, x, w0))
+        out = self.dropout(out)
         for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
             out = self.dropout(self.act(torch.baddbmm(b, out, w)))
         return out
