@@ -23,7 +23,8 @@ int8 (onnxruntime; ``--precisions`` need not name it, every run that times onnxr
 (untrained) model. ``--no-train`` times inference alone (with ``--peers``: DeepCTR-Torch's ``predict()`` only).
 ``--e2e-rows`` (default 1,000,000; quick 20,000) adds the end-to-end row: a raw Parquet file (26 integer id
 columns, 13 floats, a row id) scored to Parquet by ``mtlrec predict``'s code (read + encode with the fitted
-preprocessing + score + write) at the fastest fp32 engine, in a child process so that its peak RSS is its own.
+preprocessing + score + write) at the fastest engine and precision (``mtlrec predict --engine/--precision``), in
+a child process so that its peak RSS is its own.
 
 ``--peers`` runs torch-rechub's and DeepCTR-Torch's MMoE on the same data in their own venv (see
 ``benchmarks/peers/README.md``), one after the other in the same run, and reports mtlrec / peer ratios; for
@@ -217,6 +218,7 @@ def bench_infer(name: str, data, precision: str, args) -> dict[str, Any]:
 
     model = build_model(name, data, args.numeric_mode)
     model.eval()
+    reference = model
     if precision == "bf16":  # the weights and tables cast once (mtlrec.export.reduced), not autocast
         model = copy.deepcopy(model).to(torch.bfloat16)
     it = BatchIterator(data, args.infer_batch_size, drop_last=True)
@@ -229,7 +231,18 @@ def bench_infer(name: str, data, precision: str, args) -> dict[str, Any]:
 
     steps = max(2, args.steps_per_run * args.batch_size // args.infer_batch_size)
     runs = time_runs(step, endless(it.epoch), 2, args.runs, steps, args.infer_batch_size)
-    return {**_row(name, "infer", precision, args.infer_batch_size, runs), "engine": "eager"}
+    row = {**_row(name, "infer", precision, args.infer_batch_size, runs), "engine": "eager"}
+    if precision != "fp32":
+        from mtlrec.export.exporters import max_abs_diff
+        from mtlrec.export.reduced import mean_abs_diff
+
+        batch = next(iter(it.epoch(0)))
+        with torch.inference_mode():
+            ref = {k: v.numpy() for k, v in reference.predict_proba(reference(batch)).items()}
+            got = {k: v.float().numpy() for k, v in model.predict_proba(model(batch)).items()}
+        row["max_abs_diff_vs_fp32"] = float(f"{max_abs_diff(ref, got):.3g}")
+        row["mean_abs_diff_vs_fp32"] = float(f"{mean_abs_diff(ref, got):.3g}")
+    return row
 
 
 class _Feeds:
@@ -357,7 +370,7 @@ def write_raw_parquet(path: Path, rows: int, chunk: int = 100_000) -> None:
     writer.close()
 
 
-def bench_e2e(name: str, engine: str, args, workdir: Path) -> dict[str, Any]:
+def bench_e2e(name: str, engine: str, args, workdir: Path, precision: str = "fp32") -> dict[str, Any]:
     """Raw Parquet -> scores Parquet through ``mtlrec.export.scoring.predict_file``, in a child process."""
     run = make_e2e_run(name, args, workdir)
     raw = workdir / "raw.parquet"
@@ -368,6 +381,7 @@ def bench_e2e(name: str, engine: str, args, workdir: Path) -> dict[str, Any]:
         "file": str(raw),
         "out": str(workdir / f"scores_{name}.parquet"),
         "engine": engine,
+        "precision": precision,
         "threads": args.threads,
         "batch_rows": args.e2e_batch_rows,
     }
@@ -377,7 +391,7 @@ def bench_e2e(name: str, engine: str, args, workdir: Path) -> dict[str, Any]:
         "model": name,
         "system": "mtlrec",
         "mode": "e2e_parquet",
-        "precision": "fp32",
+        "precision": precision,
         "engine": engine,
         "batch_size": args.e2e_batch_rows,
         "rows": args.e2e_rows,
@@ -393,9 +407,18 @@ def e2e_child(job: dict[str, Any]) -> None:
     from mtlrec.export.scoring import predict_file
 
     torch.set_num_threads(job["threads"])
-    engine = "onnx" if job["engine"] == "onnxruntime" else "torch"
-    rep = predict_file(job["run"], job["file"], job["out"], keep=["id"], engine=engine, batch_rows=job["batch_rows"])
-    # rows/s of the whole file; the one-off ONNX export (cached in the run folder) happens before the clock starts
+    engine = {"onnxruntime": "onnx", "compile": "compile"}.get(job["engine"], "torch")
+    rep = predict_file(
+        job["run"],
+        job["file"],
+        job["out"],
+        keep=["id"],
+        engine=engine,
+        precision=job.get("precision", "fp32"),
+        batch_rows=job["batch_rows"],
+    )
+    # rows/s of the whole file; the one-off ONNX export (cached in the run folder) happens before the clock starts,
+    # --engine compile compiles on the first batch, inside it
     print(
         json.dumps(
             {
@@ -580,7 +603,7 @@ def main() -> None:
         for name in parse_models(args.models, ["mmoe"]):
             fastest = _fastest(rows, name)
             if fastest:
-                rows.append(bench_e2e(name, fastest["engine"], args, workdir))
+                rows.append(bench_e2e(name, fastest["engine"], args, workdir, fastest["precision"]))
 
     add_efficiency(rows, gemm)
     if args.peers:
@@ -614,6 +637,8 @@ def main() -> None:
     cols += ["gflop_per_sample", "achieved_gflop_s", "share_of_gemm", "efficiency_vs_mmoe", "speedup_vs_fp32"]
     if args.nproc > 1:
         cols.insert(5, "processes")
+    if any("max_abs_diff_vs_fp32" in r for r in rows):
+        cols += ["max_abs_diff_vs_fp32", "mean_abs_diff_vs_fp32"]
     if args.peers:
         cols += ["ratio_mtlrec_fp32_over_peer", "ratio_mtlrec_best_over_peer"]
     print(("*quick run*\n\n" if args.quick else "") + markdown_table(rows, cols))

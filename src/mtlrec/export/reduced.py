@@ -74,8 +74,11 @@ def _avx_vnni() -> bool:
     return " avx_vnni " in text
 
 
-def check_precision(where: str, precision: str, allowed: tuple[str, ...], *, option: str = "--precision") -> str:
-    """``precision`` if ``where`` (a format or engine) offers it on this CPU, else a one-line :class:`UserError`."""
+def check_precision(
+    where: str, precision: str, allowed: tuple[str, ...], *, option: str = "--precision", device: str = "cpu"
+) -> str:
+    """``precision`` if ``where`` (a format or engine) offers it on this CPU (or CUDA ``device``), else a one-line
+    :class:`UserError`."""
     if precision not in PRECISIONS:
         raise UserError(f"{option} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision not in allowed:
@@ -88,6 +91,10 @@ def check_precision(where: str, precision: str, allowed: tuple[str, ...], *, opt
             f"{option} {precision} is not offered by {where} (it offers {', '.join(allowed)})"
             + (f": {hint}" if hint else "")
         )
+    if precision == "bf16" and device.startswith("cuda"):
+        if not torch.cuda.is_available() or not torch.cuda.is_bf16_supported():
+            raise UserError(f"{option} bf16: this GPU (or this torch build) has no bf16 support; use fp32")
+        return precision
     if precision == "bf16" and not bf16_native():
         raise UserError(
             f"{option} bf16: this CPU has neither avx512_bf16 nor AMX, so bf16 would be emulated and slower than "

@@ -374,9 +374,9 @@ def make_engine(
 ) -> tuple[Engine, dict[str, Any]]:
     if engine not in ENGINES:
         raise UserError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    check_precision(f"--engine {engine}", precision, ENGINE_PRECISIONS[engine])
     if device != "cpu" and not device.startswith("cuda"):
         raise UserError(f"--device must be cpu or cuda[:N], got {device!r}")
+    check_precision(f"--engine {engine}", precision, ENGINE_PRECISIONS[engine], device=device)
     model, info = load_run_model(run_dir, checkpoint)
     module = InferenceModule(model)
     outputs = [s.name for s in output_specs(model)]
