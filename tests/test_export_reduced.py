@@ -188,3 +188,31 @@ def test_auc_check_needs_enough_labelled_rows(bundle):
     assert accuracy(ref, ref, big, slice(0, 10 * n), ["click"]) == {"auc_diff": 0.0}
     noisy = {"click": ref["click"] + rng.normal(0, 0.3, 10 * n).astype(np.float32)}
     assert accuracy(ref, noisy, big, slice(0, 10 * n), ["click"])["auc_diff"] > 0.002
+
+
+# ---- the inference form of the experts (one GEMM chain per expert without autograd) ----------------------------
+def test_experts_each_matches_forward():
+    from mtlrec.layers.experts import BatchedExperts
+    from mtlrec.layers.gates import mix, mix_each
+
+    torch.manual_seed(0)
+    ex = BatchedExperts(3, 7, [5, 4])
+    x, w = torch.randn(6, 7), torch.softmax(torch.randn(6, 3), -1)
+    stacked, each = ex(x), ex.each(x)
+    assert len(each) == 3 and all(e.is_contiguous() and e.shape == (6, 4) for e in each)
+    torch.testing.assert_close(torch.stack(each), stacked, rtol=0, atol=1e-6)
+    torch.testing.assert_close(mix_each(w, each), mix(w, stacked), rtol=0, atol=1e-6)
+
+
+def test_mmoe_scores_equal_with_and_without_autograd(bundle):
+    from mtlrec.export.graph import encoded_inputs, to_batch
+
+    seed_everything(0)
+    model = create_model("mmoe", bundle, embedding_dim=8, tower_hidden=[16]).eval()
+    inputs = tuple(torch.from_numpy(v) for v in encoded_inputs(bundle.valid).values())
+    batch = to_batch(model.layout, len(model.task_names), inputs)
+    with_grad = model(batch).logits
+    with torch.no_grad():
+        without = model(batch).logits
+    for t in with_grad:
+        torch.testing.assert_close(without[t], with_grad[t].detach(), rtol=0, atol=1e-5)

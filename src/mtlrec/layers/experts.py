@@ -61,3 +61,17 @@ class BatchedExperts(nn.Module):
         for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
             out = self.dropout(self.act(torch.baddbmm(b, out, w)))
         return out
+
+    def each(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The same experts on a shared input ``x (B, d)`` as a list of ``n`` contiguous ``(B, hidden[-1])``
+        outputs, one ``addmm`` chain per expert: no ``(n, B, h)`` view to transpose or copy between layers. The
+        inference form (mixed by :func:`~mtlrec.layers.gates.mix_each`): at batch 8192 on CPU it scored MMoE
+        1.4x faster in fp32 and 1.6x in bf16 than :meth:`forward`, and its ONNX graph 1.3x faster in int8
+        (docs/export.md); training keeps the one-GEMM :meth:`forward`."""
+        outs = []
+        for i in range(self.num_experts):
+            h = x
+            for w, b in zip(self.weights, self.biases, strict=True):
+                h = self.dropout(self.act(torch.addmm(b[i, 0], h, w[i])))
+            outs.append(h)
+        return outs
