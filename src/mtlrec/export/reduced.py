@@ -37,7 +37,7 @@ PRECISIONS = ("fp32", "bf16", "int8")
 
 #: what each precision's scores may differ from fp32 eager PyTorch by: max abs difference of any score, and
 #: (reduced precisions) the largest |AUC difference| of a binary task on the labelled check rows
-#: (measured on a Census-Income MMoE, 49,881 validation rows: bf16 max 0.008, mean 2e-4, AUC 2.5e-5; int8 max 0.113,
+#: (measured on a Census-Income MMoE, 49,881 validation rows: bf16 max 0.010, mean 2e-4, AUC 2.5e-5; int8 max 0.112,
 #: mean 0.0035, AUC 1e-4: int8 quantizes each batch's activations with one scale, so rows far from the batch's
 #: range lose most; the mean and the AUC are its real guard)
 TOLERANCES: dict[str, dict[str, float]] = {
