@@ -215,9 +215,9 @@ def bench_infer(name: str, data, precision: str, args) -> dict[str, Any]:
     import torch
 
     from mtlrec.data.batches import BatchIterator
+    from mtlrec.layers.experts import use_inference_form
 
-    model = build_model(name, data, args.numeric_mode)
-    model.eval()
+    model = use_inference_form(build_model(name, data, args.numeric_mode).eval())  # as mtlrec predict runs it
     reference = model
     if precision == "bf16":  # the weights and tables cast once (mtlrec.export.reduced), not autocast
         model = copy.deepcopy(model).to(torch.bfloat16)

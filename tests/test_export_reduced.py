@@ -204,15 +204,21 @@ def test_experts_each_matches_forward():
     torch.testing.assert_close(mix_each(w, each), mix(w, stacked), rtol=0, atol=1e-6)
 
 
-def test_mmoe_scores_equal_with_and_without_autograd(bundle):
+def test_mmoe_inference_form_equals_training_form(bundle):
     from mtlrec.export.graph import encoded_inputs, to_batch
+    from mtlrec.layers.experts import use_inference_form
 
     seed_everything(0)
     model = create_model("mmoe", bundle, embedding_dim=8, tower_hidden=[16]).eval()
+    assert not model.experts.inference_form  # the trainer's evaluation keeps the one-GEMM form
     inputs = tuple(torch.from_numpy(v) for v in encoded_inputs(bundle.valid).values())
     batch = to_batch(model.layout, len(model.task_names), inputs)
-    with_grad = model(batch).logits
     with torch.no_grad():
-        without = model(batch).logits
-    for t in with_grad:
-        torch.testing.assert_close(without[t], with_grad[t].detach(), rtol=0, atol=1e-5)
+        training_form = model(batch).logits
+        use_inference_form(model)
+        inference_form = model(batch).logits
+        with torch.enable_grad():  # with autograd the one-GEMM form again
+            torch.testing.assert_close(model(batch).logits["click"].detach(), training_form["click"], rtol=0, atol=0)
+    for t in training_form:
+        torch.testing.assert_close(inference_form[t], training_form[t], rtol=0, atol=1e-5)
+    assert InferenceModule(create_model("mmoe", bundle, embedding_dim=8)).model.experts.inference_form

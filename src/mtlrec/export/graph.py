@@ -25,6 +25,7 @@ from torch import nn
 from mtlrec.data.batches import Batch
 from mtlrec.data.layout import FeatureLayout
 from mtlrec.data.preprocess import EncodedData
+from mtlrec.layers.experts import use_inference_form
 
 #: extras of :class:`~mtlrec.models.base.ModelOutput` exported as probabilities (sigmoid of the extra logit)
 PROBABILITY_EXTRAS = ("ctcvr",)
@@ -116,7 +117,7 @@ class InferenceModule(nn.Module):
         super().__init__()
         if not input_specs(model.layout):
             raise ValueError("the model's layout has no input fields")
-        self.model = model.eval()
+        self.model = use_inference_form(model.eval())
         self.layout = model.layout
         self.num_tasks = len(model.task_names)
         self.extras = extra_outputs(model)

@@ -45,12 +45,7 @@ class Gate(nn.Module):
 
 
 def mix(weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-    """Weighted sum of expert outputs: ``weights (B, n)``, ``experts (n, B, h)`` → ``(B, h)``.
-
-    Without autograd (inference, export) it is a broadcast multiply and a sum over the experts, which a compiler
-    fuses into one pass and onnxruntime runs without the permuted copy of the experts that ``einsum`` makes."""
-    if not torch.is_grad_enabled():
-        return (weights.t().unsqueeze(-1) * experts).sum(0)
+    """Weighted sum of expert outputs: ``weights (B, n)``, ``experts (n, B, h)`` → ``(B, h)``."""
     return torch.einsum("bn,nbh->bh", weights, experts)
 
 

@@ -40,12 +40,13 @@ class _MixtureOfExperts(MultiTaskModel):
 
     def backbone(self, inputs: EmbeddedInputs) -> list[torch.Tensor]:
         x = inputs.flat()
-        if torch.is_grad_enabled():
-            experts = self.experts(x)
-            mixed = [mix(g(x), experts) for g in self.gates]
-        else:  # inference and export: one GEMM chain per expert, faster without autograd (BatchedExperts.each)
+        if self.experts.inference_form and not torch.is_grad_enabled():
+            # exported graphs and scoring engines (use_inference_form): one GEMM chain per expert, no transposes
             outs = self.experts.each(x)
             mixed = [mix_each(g(x), outs) for g in self.gates]
+        else:
+            experts = self.experts(x)
+            mixed = [mix(g(x), experts) for g in self.gates]
         return mixed if len(mixed) == len(self.tasks) else mixed * len(self.tasks)
 
 
