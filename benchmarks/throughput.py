@@ -10,20 +10,28 @@ optimizer step) including batch creation from the shuffled arrays; inference tim
 probabilities under ``no_grad`` in eval mode. Each figure is the median of several timed runs after warm-up.
 bf16 (CPU autocast) is measured only where the CPU has avx512_bf16 or AMX.
 
-Inference engines (``--engines``): ``eager`` (the model under ``no_grad``, from ``Batch`` objects), ``torchscript``
-(``torch.jit.trace`` of mtlrec.export's inference graph) and ``onnxruntime`` (the ONNX export, CPU provider, the
-same thread count); each row times encoded numpy inputs in, every task's probability out, batch 8192. bf16 rows
-(eager autocast; TorchScript traced and run under autocast) only where the CPU has avx512_bf16/AMX; onnxruntime's
-CPU provider has no bf16 kernels for these graphs, so it is fp32 only. ``--e2e-rows`` (default 1,000,000; quick
-20,000) adds the end-to-end row: a raw Parquet file (26 integer id columns, 13 floats, a row id) scored to Parquet
-by ``mtlrec predict``'s code (read + encode with the fitted preprocessing + score + write) at the fastest fp32
-engine, in a child process so that its peak RSS is its own.
+Inference engines (``--engines``): ``eager`` (the model under ``inference_mode``, from ``Batch`` objects),
+``torchscript`` (``mtlrec export --format torchscript``: ``torch.jit.trace`` of mtlrec.export's inference graph),
+``onnxruntime`` (``mtlrec export --format onnx``, CPU provider, the same thread count) and ``compile``
+(``mtlrec predict --engine compile``: ``torch.compile``, inductor, with ``freezing``); each row but eager times
+encoded numpy inputs in, every task's probability out, batch 8192. Reduced precision is what ``--precision``
+gives the export and predict commands (``mtlrec.export.reduced``): bf16 (eager, torchscript, compile; only where
+the CPU has avx512_bf16/AMX) is the model with its weights and embedding tables cast to bf16 once, not autocast;
+int8 (onnxruntime; ``--precisions`` need not name it, every run that times onnxruntime fp32 times int8 too) is
+``onnxruntime.quantization.quantize_dynamic`` of the MatMul/Gemm weights. Each reduced-precision row carries
+``max_abs_diff_vs_fp32`` and ``mean_abs_diff_vs_fp32``: its scores against fp32 eager on one batch of the timed
+(untrained) model. ``--no-train`` times inference alone (with ``--peers``: DeepCTR-Torch's ``predict()`` only).
+``--e2e-rows`` (default 1,000,000; quick 20,000) adds the end-to-end row: a raw Parquet file (26 integer id
+columns, 13 floats, a row id) scored to Parquet by ``mtlrec predict``'s code (read + encode with the fitted
+preprocessing + score + write) at the fastest engine and precision (``mtlrec predict --engine/--precision``), in
+a child process so that its peak RSS is its own.
 
 ``--peers`` runs torch-rechub's and DeepCTR-Torch's MMoE on the same data in their own venv (see
 ``benchmarks/peers/README.md``), one after the other in the same run, and reports mtlrec / peer ratios; for
 inference, DeepCTR-Torch's ``predict()`` at batch 8192 against mtlrec's fastest engine (the bar: >= 3x).
 
     python benchmarks/throughput.py [--quick] [--models mmoe,shared_bottom] [--peers] [--out FILE]
+    python benchmarks/throughput.py --no-train --peers --e2e-rows 0   # the inference bar alone
 """
 
 from __future__ import annotations
@@ -59,6 +67,13 @@ from synth import NUM_NUM, NUM_TASKS, make_arrays, vocab_sizes  # noqa: E402
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 PEERS = {"torch_rechub": "rechub_mmoe.py", "deepctr_torch": "deepctr_mmoe.py"}
+# the precisions each inference engine is timed in (mtlrec.export.reduced; int8 rides along with fp32)
+ENGINE_PRECISIONS = {
+    "eager": ("fp32", "bf16"),
+    "torchscript": ("fp32", "bf16"),
+    "onnxruntime": ("fp32", "int8"),
+    "compile": ("fp32", "bf16"),
+}
 
 MODEL_PARAMS: dict[str, dict[str, Any]] = {
     "mmoe": {"num_experts": 8, "expert_hidden": (256, 128)},
@@ -195,25 +210,39 @@ def gemm_rate(precision: str, threads: int, n: int = 2048, reps: int = 10) -> fl
 
 
 def bench_infer(name: str, data, precision: str, args) -> dict[str, Any]:
+    import copy
+
     import torch
 
     from mtlrec.data.batches import BatchIterator
-    from mtlrec.train.precision import autocast
+    from mtlrec.layers.experts import use_inference_form
 
-    model = build_model(name, data, args.numeric_mode)
-    model.eval()
+    model = use_inference_form(build_model(name, data, args.numeric_mode).eval())  # as mtlrec predict runs it
+    reference = model
+    if precision == "bf16":  # the weights and tables cast once (mtlrec.export.reduced), not autocast
+        model = copy.deepcopy(model).to(torch.bfloat16)
     it = BatchIterator(data, args.infer_batch_size, drop_last=True)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(batch):
-        with autocast(precision):
-            out = model(batch)
+        out = model(batch)
         for v in model.predict_proba(out).values():
             v.float().numpy()
 
     steps = max(2, args.steps_per_run * args.batch_size // args.infer_batch_size)
     runs = time_runs(step, endless(it.epoch), 2, args.runs, steps, args.infer_batch_size)
-    return {**_row(name, "infer", precision, args.infer_batch_size, runs), "engine": "eager"}
+    row = {**_row(name, "infer", precision, args.infer_batch_size, runs), "engine": "eager"}
+    if precision != "fp32":
+        from mtlrec.export.exporters import max_abs_diff
+        from mtlrec.export.reduced import mean_abs_diff
+
+        batch = next(iter(it.epoch(0)))
+        with torch.inference_mode():
+            ref = {k: v.numpy() for k, v in reference.predict_proba(reference(batch)).items()}
+            got = {k: v.float().numpy() for k, v in model.predict_proba(model(batch)).items()}
+        row["max_abs_diff_vs_fp32"] = float(f"{max_abs_diff(ref, got):.3g}")
+        row["mean_abs_diff_vs_fp32"] = float(f"{mean_abs_diff(ref, got):.3g}")
+    return row
 
 
 class _Feeds:
@@ -240,44 +269,37 @@ class _Sized(dict):
 
 
 def bench_engine(name: str, data, precision: str, engine: str, args, workdir: Path) -> dict[str, Any]:
-    """Inference through an exported graph: ``torchscript`` (traced) or ``onnxruntime``."""
-    import torch
-
-    from mtlrec.export.exporters import export_module, load_runner
-    from mtlrec.export.graph import InferenceModule, example_inputs, output_specs
-    from mtlrec.train.precision import autocast
+    """Inference through what ``mtlrec export`` / ``mtlrec predict`` run: ``torchscript`` (traced),
+    ``onnxruntime`` (the ONNX export; int8: dynamically quantized) or ``compile`` (torch.compile, frozen)."""
+    from mtlrec.export.exporters import compiled_runner, eager_runner, export_module, load_runner, max_abs_diff
+    from mtlrec.export.graph import InferenceModule, output_specs
+    from mtlrec.export.reduced import mean_abs_diff
 
     model = build_model(name, data, args.numeric_mode).eval()
     module = InferenceModule(model)
     names = [o.name for o in output_specs(model)]
     if engine == "torchscript":
-        with torch.no_grad(), autocast(precision):
-            traced = torch.jit.trace(module, example_inputs(model.layout, 8), check_trace=False)
-
-        @torch.no_grad()
-        def step(feeds):
-            with autocast(precision):
-                out = traced(*[torch.from_numpy(v) for v in feeds.values()])
-            for v in out:
-                v.float().numpy()
-
+        path = workdir / f"{name}.{precision}.pt"
+        export_module(module, "torchscript", path, name, precision=precision)
+        run = load_runner("torchscript", path, names)
     elif engine == "onnxruntime":
-        if precision != "fp32":
-            raise ValueError("onnxruntime's CPU provider has no bf16 kernels for these graphs: fp32 only")
-        path = workdir / f"{name}.onnx"
-        export_module(module, "onnx", path, name)
+        path = workdir / f"{name}.{precision}.onnx"
+        export_module(module, "onnx", path, name, precision=precision)
         run = load_runner("onnx", path, names, threads=args.threads)
-
-        def step(feeds):
-            run(feeds)
-
+    elif engine == "compile":
+        run = compiled_runner(module, precision)
     else:
         raise ValueError(f"unknown engine {engine!r}")
     steps = max(2, args.steps_per_run * args.batch_size // args.infer_batch_size)
-    runs = time_runs(
-        step, endless(_Feeds(data, args.infer_batch_size).epoch), 2, args.runs, steps, args.infer_batch_size
-    )
-    return {**_row(name, "infer", precision, args.infer_batch_size, runs), "engine": engine}
+    feeds = _Feeds(data, args.infer_batch_size)
+    runs = time_runs(run, endless(feeds.epoch), 2, args.runs, steps, args.infer_batch_size)
+    row = {**_row(name, "infer", precision, args.infer_batch_size, runs), "engine": engine}
+    if precision != "fp32":
+        first = next(feeds.epoch(0))
+        ref, got = eager_runner(module)(first), run(first)
+        row["max_abs_diff_vs_fp32"] = float(f"{max_abs_diff(ref, got):.3g}")
+        row["mean_abs_diff_vs_fp32"] = float(f"{mean_abs_diff(ref, got):.3g}")
+    return row
 
 
 def raw_table(rows: int, seed: int):
@@ -348,7 +370,7 @@ def write_raw_parquet(path: Path, rows: int, chunk: int = 100_000) -> None:
     writer.close()
 
 
-def bench_e2e(name: str, engine: str, args, workdir: Path) -> dict[str, Any]:
+def bench_e2e(name: str, engine: str, args, workdir: Path, precision: str = "fp32") -> dict[str, Any]:
     """Raw Parquet -> scores Parquet through ``mtlrec.export.scoring.predict_file``, in a child process."""
     run = make_e2e_run(name, args, workdir)
     raw = workdir / "raw.parquet"
@@ -359,6 +381,7 @@ def bench_e2e(name: str, engine: str, args, workdir: Path) -> dict[str, Any]:
         "file": str(raw),
         "out": str(workdir / f"scores_{name}.parquet"),
         "engine": engine,
+        "precision": precision,
         "threads": args.threads,
         "batch_rows": args.e2e_batch_rows,
     }
@@ -368,7 +391,7 @@ def bench_e2e(name: str, engine: str, args, workdir: Path) -> dict[str, Any]:
         "model": name,
         "system": "mtlrec",
         "mode": "e2e_parquet",
-        "precision": "fp32",
+        "precision": precision,
         "engine": engine,
         "batch_size": args.e2e_batch_rows,
         "rows": args.e2e_rows,
@@ -384,9 +407,18 @@ def e2e_child(job: dict[str, Any]) -> None:
     from mtlrec.export.scoring import predict_file
 
     torch.set_num_threads(job["threads"])
-    engine = "onnx" if job["engine"] == "onnxruntime" else "torch"
-    rep = predict_file(job["run"], job["file"], job["out"], keep=["id"], engine=engine, batch_rows=job["batch_rows"])
-    # rows/s of the whole file; the one-off ONNX export (cached in the run folder) happens before the clock starts
+    engine = {"onnxruntime": "onnx", "compile": "compile"}.get(job["engine"], "torch")
+    rep = predict_file(
+        job["run"],
+        job["file"],
+        job["out"],
+        keep=["id"],
+        engine=engine,
+        precision=job.get("precision", "fp32"),
+        batch_rows=job["batch_rows"],
+    )
+    # rows/s of the whole file; the one-off ONNX export (cached in the run folder) happens before the clock starts,
+    # --engine compile compiles on the first batch, inside it
     print(
         json.dumps(
             {
@@ -483,11 +515,12 @@ def main() -> None:
     p.add_argument("--precisions", default=None, help="fp32,bf16 (default: bf16 only where the CPU supports it)")
     p.add_argument("--numeric-mode", default="dense", choices=["dense", "embed"])
     p.add_argument("--no-infer", action="store_true")
+    p.add_argument("--no-train", action="store_true", help="inference rows only (and DeepCTR-Torch predict)")
     p.add_argument("--peers", action="store_true", help="also run torch-rechub and DeepCTR-Torch (separate venv)")
     p.add_argument("--peers-venv", default=None)
     p.add_argument("--nproc", type=int, default=1, help="also train in 1 and N data-parallel processes (ddp rows)")
     p.add_argument("--device", default="auto", help="train.device of the --nproc rows: auto, cpu, cuda")
-    p.add_argument("--engines", default="eager,torchscript,onnxruntime", help="inference engines to time")
+    p.add_argument("--engines", default="eager,torchscript,onnxruntime,compile", help="inference engines to time")
     p.add_argument(
         "--e2e-rows",
         type=int,
@@ -532,24 +565,30 @@ def main() -> None:
     for name in parse_models(args.models, ["mmoe"]):
         for prec in precisions:
             try:
-                rows.append(bench_train(name, data, prec, args))
+                if not args.no_train:
+                    rows.append(bench_train(name, data, prec, args))
                 if not args.no_infer and "eager" in engines:
                     rows.append(bench_infer(name, data, prec, args))
             except Exception as e:  # a model that cannot run this config is reported, not fatal
                 rows.append({"model": name, "system": "mtlrec", "precision": prec, "error": repr(e)})
             if not args.no_infer:
-                for engine in (e for e in engines if e != "eager"):
-                    if engine == "onnxruntime" and prec != "fp32":
-                        continue
+                runs_here = [
+                    (engine, p)
+                    for engine in engines
+                    if engine != "eager"
+                    for p in ENGINE_PRECISIONS.get(engine, ("fp32",))
+                    if p == prec or (p == "int8" and prec == "fp32")
+                ]
+                for engine, p in runs_here:
                     try:
-                        rows.append(bench_engine(name, data, prec, engine, args, workdir))
+                        rows.append(bench_engine(name, data, p, engine, args, workdir))
                     except Exception as e:  # noqa: BLE001 - reported, not fatal
                         rows.append(
                             {
                                 "model": name,
                                 "system": "mtlrec",
                                 "mode": "infer",
-                                "precision": prec,
+                                "precision": p,
                                 "engine": engine,
                                 "error": repr(e),
                             }
@@ -564,7 +603,7 @@ def main() -> None:
         for name in parse_models(args.models, ["mmoe"]):
             fastest = _fastest(rows, name)
             if fastest:
-                rows.append(bench_e2e(name, fastest["engine"], args, workdir))
+                rows.append(bench_e2e(name, fastest["engine"], args, workdir, fastest["precision"]))
 
     add_efficiency(rows, gemm)
     if args.peers:
@@ -579,7 +618,7 @@ def main() -> None:
             (r.get("samples_per_s", 0) for r in rows if r.get("mode") == "train" and r.get("model") == "mmoe"),
             default=0,
         )
-        for peer in PEERS:
+        for peer in PEERS if not args.no_train else ():
             r = run_peer(peer, args)
             if ours and r.get("samples_per_s"):
                 r["ratio_mtlrec_fp32_over_peer"] = round(ours["samples_per_s"] / r["samples_per_s"], 3)
@@ -598,6 +637,8 @@ def main() -> None:
     cols += ["gflop_per_sample", "achieved_gflop_s", "share_of_gemm", "efficiency_vs_mmoe", "speedup_vs_fp32"]
     if args.nproc > 1:
         cols.insert(5, "processes")
+    if any("max_abs_diff_vs_fp32" in r for r in rows):
+        cols += ["max_abs_diff_vs_fp32", "mean_abs_diff_vs_fp32"]
     if args.peers:
         cols += ["ratio_mtlrec_fp32_over_peer", "ratio_mtlrec_best_over_peer"]
     print(("*quick run*\n\n" if args.quick else "") + markdown_table(rows, cols))

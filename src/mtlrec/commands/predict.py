@@ -17,7 +17,10 @@ def predict(
     keep: list[str] = typer.Option(
         [], "--keep", "-k", help="Copy this column beside the scores (repeat); with --split: row or a task's label"
     ),
-    engine: str = typer.Option("torch", help="torch (eager PyTorch) or onnx (onnxruntime on the exported graph)"),
+    engine: str = typer.Option(
+        "torch", help="torch (eager PyTorch), onnx (onnxruntime on the exported graph) or compile (torch.compile)"
+    ),
+    precision: str = typer.Option("fp32", help="fp32; bf16 (torch, compile) or int8 (onnx), see docs/export.md"),
     device: str = typer.Option("cpu", help="cpu or cuda[:N]"),
     batch_rows: int = typer.Option(65536, help="Rows read, encoded and scored at a time (bounds the memory)"),
     separator: str = typer.Option(",", help="CSV separator of --file"),
@@ -31,7 +34,10 @@ def predict(
     fitted on its training split), so memory stays bounded. At the end, a drift report: per categorical field the
     share of values out of vocabulary, and any column whose values were written differently from training (cast
     to the training form). --engine onnx exports the run to <run>/export/<checkpoint>.onnx once and checks it
-    against PyTorch on the first batch.
+    against PyTorch on the first batch. --precision bf16 (torch, compile: the weights cast to bf16 once) or int8
+    (onnx: dynamic quantization, <run>/export/<checkpoint>.int8.onnx) score faster in less precision, checked
+    against fp32 PyTorch on the first batch with their own tolerance; --engine compile is torch.compile (inductor,
+    frozen weights), compiled once per run.
 
     Examples:
 
@@ -58,6 +64,7 @@ def predict(
                 batch_rows=batch_rows,
                 separator=separator,
                 oov_warn=oov_warn,
+                precision=precision,
             )
         else:
             rep = predict_split(
@@ -69,11 +76,13 @@ def predict(
                 checkpoint=checkpoint,
                 batch_rows=batch_rows,
                 keep=keep,
+                precision=precision,
             )
     except ParityError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"wrote {rep['rows']} rows to {rep['out']} ({rep['engine']} engine, {rep['rows_per_s']:,.0f} rows/s)")
+    eng = rep["engine"] if rep["precision"] == "fp32" else f"{rep['engine']} {rep['precision']}"
+    typer.echo(f"wrote {rep['rows']} rows to {rep['out']} ({eng} engine, {rep['rows_per_s']:,.0f} rows/s)")
     if rep["drift"]:
         typer.echo("out of vocabulary: " + ", ".join(f"{d['field']} {d['oov_share']:.1%}" for d in rep["drift"]))
     for w in rep["warnings"]:

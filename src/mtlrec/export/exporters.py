@@ -28,6 +28,7 @@ import torch
 
 from mtlrec.errors import UserError
 from mtlrec.export.graph import InferenceModule, example_inputs, input_specs, output_specs
+from mtlrec.export.reduced import FORMAT_PRECISIONS, cast, check_precision, quantize_onnx
 
 FORMATS = ("onnx", "torchscript", "torch_export")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "torch_export": ".pt2"}
@@ -73,11 +74,25 @@ def _batch_dims(module: InferenceModule):
     return (tuple({0: batch} for _ in input_specs(module.layout)),)
 
 
-def export_module(module: InferenceModule, fmt: str, path: str | Path, model_name: str = "model") -> dict:
-    """Write ``module`` to ``path`` in ``fmt``; returns what was used (``exporter``, ``opset``)."""
+def export_module(
+    module: InferenceModule, fmt: str, path: str | Path, model_name: str = "model", precision: str = "fp32"
+) -> dict:
+    """Write ``module`` to ``path`` in ``fmt`` and ``precision`` (see :mod:`mtlrec.export.reduced`: ``bf16`` for
+    the torch formats, ``int8`` for ONNX); returns what was used (``exporter``, ``opset``, ``precision``)."""
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_precision(f"--format {fmt}", precision, FORMAT_PRECISIONS[fmt])
     path = Path(path)
+    if precision == "int8":
+        fp32 = path.with_name(f".{path.stem}.fp32{path.suffix}")
+        try:
+            used = export_module(module, fmt, fp32, model_name)
+            used.update(quantize_onnx(fp32, path))
+        finally:
+            fp32.unlink(missing_ok=True)
+        return {**used, "precision": precision}
+    if precision != "fp32":
+        return {**export_module(cast(module, precision), fmt, path, model_name), "precision": precision}
     example = example_inputs(module.layout, 3)
     module.eval()
     try:
@@ -184,8 +199,10 @@ def load_runner(
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
@@ -211,10 +228,33 @@ def eager_runner(module: InferenceModule, device: str = "cpu") -> Runner:
     return _torch_runner(module.to(device), [s.name for s in output_specs(module.model)], device)
 
 
+def compiled_runner(module: InferenceModule, precision: str = "fp32", device: str = "cpu") -> Runner:
+    """``torch.compile`` (inductor) of the module in ``precision`` (``bf16``: the weights cast once, see
+    :mod:`mtlrec.export.reduced`), with inductor's ``freezing`` (weights folded into the graph as constants and
+    prepacked for oneDNN: inference only). Compiled for one batch size, the first one seen: a smaller batch (the
+    last of a file) is padded with rows of zeros and its scores cut back, so it does not compile again."""
+    mod = cast(module, precision).to(device).eval()
+    compiled = torch.compile(mod, dynamic=False, options={"freezing": True})
+    names = [s.name for s in output_specs(module.model)]
+    rows: list[int] = []
+
+    def run_compiled(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ins = [torch.from_numpy(v).to(device) for v in feeds.values()]
+        n = ins[0].shape[0]
+        rows[:] = rows or [n]
+        if n < rows[0]:
+            ins = [torch.cat([x, x.new_zeros((rows[0] - n, *x.shape[1:]))]) for x in ins]
+        with torch.inference_mode():
+            out = compiled(*ins)
+        return {k: o[:n].float().cpu().numpy() for k, o in zip(names, out, strict=True)}
+
+    return run_compiled
+
+
 def _torch_runner(mod: Callable, names: list[str], device: str) -> Runner:
     def run_torch(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ins = [torch.from_numpy(v).to(device) for v in feeds.values()]
-        with torch.no_grad():
+        with torch.inference_mode():
             out = mod(*ins)
         return {n: o.float().cpu().numpy() for n, o in zip(names, out, strict=True)}
 

@@ -25,6 +25,7 @@ from torch import nn
 from mtlrec.data.batches import Batch
 from mtlrec.data.layout import FeatureLayout
 from mtlrec.data.preprocess import EncodedData
+from mtlrec.layers.experts import use_inference_form
 
 #: extras of :class:`~mtlrec.models.base.ModelOutput` exported as probabilities (sigmoid of the extra logit)
 PROBABILITY_EXTRAS = ("ctcvr",)
@@ -116,13 +117,15 @@ class InferenceModule(nn.Module):
         super().__init__()
         if not input_specs(model.layout):
             raise ValueError("the model's layout has no input fields")
-        self.model = model.eval()
+        self.model = use_inference_form(model.eval())
         self.layout = model.layout
         self.num_tasks = len(model.task_names)
         self.extras = extra_outputs(model)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(to_batch(self.layout, self.num_tasks, inputs))
+        # a reduced-precision copy (export.reduced) computes the logits in bf16: the sigmoid is taken in fp32
+        out.logits = {k: v.float() for k, v in out.logits.items()}
         scores = self.model.predict_proba(out)
         res = [scores[t].float() for t in self.model.task_names]
         res += [torch.sigmoid(out.extras[k].float()) for k in self.extras]

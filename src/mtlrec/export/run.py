@@ -15,6 +15,8 @@ from mtlrec.errors import UserError, unknown_name
 from mtlrec.export import contract
 from mtlrec.export.exporters import SUFFIXES, eager_runner, export_module, load_runner, max_abs_diff
 from mtlrec.export.graph import InferenceModule, encoded_inputs, input_specs, output_specs
+from mtlrec.export.reduced import accuracy, mean_abs_diff, within
+from mtlrec.export.reduced import tolerance as precision_tolerance
 
 TOLERANCE = 1e-5
 
@@ -67,15 +69,25 @@ def run_split(info: dict[str, Any], split: str) -> EncodedData:
 def parity(module: InferenceModule, runner, data: EncodedData, rows: int = 2048) -> float:
     """Max abs difference between ``runner`` and eager PyTorch on the first ``rows`` rows of ``data`` (and on a
     one-row batch, so a batch dimension frozen at export time cannot pass)."""
+    return parity_report(module, runner, data, rows)["max_abs_diff"]
+
+
+def parity_report(module: InferenceModule, runner, data: EncodedData, rows: int = 2048) -> dict[str, float]:
+    """:func:`parity`'s ``max_abs_diff``, and ``auc_diff`` (:func:`mtlrec.export.reduced.accuracy`: the largest
+    |AUC difference| of a binary task on the labelled rows) where the rows allow it."""
     n = min(rows, len(data))
     if n == 0:
         raise UserError("the parity check needs rows, but the validation split is empty")
     eager = eager_runner(module)
-    worst = 0.0
+    worst, report = 0.0, {}
     for sl in (slice(0, n), slice(0, 1)):
         feeds = encoded_inputs(data, sl)
-        worst = max(worst, max_abs_diff(eager(feeds), runner(feeds)))
-    return worst
+        ref, got = eager(feeds), runner(feeds)
+        worst = max(worst, max_abs_diff(ref, got))
+        if sl.stop == n:
+            binary = [t.name for t in module.model.tasks if t.type == "binary"]
+            report = {"mean_abs_diff": mean_abs_diff(ref, got), **accuracy(ref, got, data, sl, binary)}
+    return {"max_abs_diff": worst, **report}
 
 
 def describe(module: InferenceModule, info: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -102,12 +114,17 @@ def export_run(
     *,
     checkpoint: str = "best",
     parity_rows: int = 2048,
-    tolerance: float = TOLERANCE,
+    tolerance: float | None = None,
     data: EncodedData | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
-    """Export a run to ``out`` and write ``preprocess.json`` beside it, after the parity check passed on rows of
-    the run's validation split (or ``data``). Raises :class:`ParityError` when it did not (nothing is written).
-    Returns a report: ``path``, ``preprocess``, ``max_abs_diff``, ``rows``, ``exporter``."""
+    """Export a run to ``out`` in ``precision`` (``fp32``; ``bf16`` for the torch formats, ``int8`` for ONNX, see
+    :mod:`mtlrec.export.reduced`) and write ``preprocess.json`` beside it, after the parity check passed on rows
+    of the run's validation split (or ``data``): max abs difference from fp32 eager PyTorch within ``tolerance``
+    (default: the precision's, 1e-5 for fp32) and, in reduced precision, the AUC difference of every binary task
+    within the precision's. Raises :class:`ParityError` when it did not (nothing is written).
+    Returns a report: ``path``, ``preprocess``, ``max_abs_diff``, ``auc_diff`` (reduced precision), ``rows``,
+    ``exporter``, ``precision``."""
     model, info = load_run_model(run_dir, checkpoint)
     model = with_fused_table(model)
     out = Path(out)
@@ -118,30 +135,43 @@ def export_run(
         data = run_split(info, "valid")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")  # exporters key on the suffix
+    tol = precision_tolerance(precision)
+    if tolerance is not None:
+        tol["max_abs_diff"] = tolerance
     try:
-        used = export_module(module, fmt, tmp, info["model"])
+        used = export_module(module, fmt, tmp, info["model"], precision=precision)
         names = [s.name for s in output_specs(model)]
-        diff = parity(module, load_runner(fmt, tmp, names), data, parity_rows)
+        report = parity_report(module, load_runner(fmt, tmp, names), data, parity_rows)
         n = min(parity_rows, len(data))
-        if not diff <= tolerance:
+        failed = within(report, tol)
+        if failed:
+            what = fmt if precision == "fp32" else f"{precision} {fmt}"
             raise ParityError(
-                f"parity check failed: {fmt} export of {info['model']} differs from eager PyTorch by "
-                f"max abs {diff:.3g} > {tolerance:g} on {n} validation rows; nothing written"
+                f"parity check failed: {what} export of {info['model']} differs from eager PyTorch (fp32) by "
+                f"{failed} on {n} validation rows; nothing written"
             )
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+    used.setdefault("precision", precision)
     extra = {
         "model": info["model"],
         "run": str(Path(run_dir)),
         "checkpoint": checkpoint,
         "artifact": {"format": fmt, "file": out.name, **used},
-        "parity": {"max_abs_diff": diff, "rows": n, "tolerance": tolerance, "split": "valid"},
+        "parity": {
+            **report,
+            "rows": n,
+            "tolerance": tol["max_abs_diff"],
+            **({"auc_tolerance": tol["auc_diff"]} if "auc_diff" in tol else {}),
+            "split": "valid",
+            "reference": "eager PyTorch, fp32",
+        },
     }
     doc = describe(module, info, extra)
     pre = out.parent / "preprocess.json"
     pre.write_text(json.dumps(doc, indent=1, default=_json_default))
-    return {"path": str(out), "preprocess": str(pre), "max_abs_diff": diff, "rows": n, **used}
+    return {"path": str(out), "preprocess": str(pre), **report, "rows": n, **used}
 
 
 def _json_default(o: Any) -> Any:

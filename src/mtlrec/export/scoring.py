@@ -26,13 +26,18 @@ import pyarrow.parquet as pq
 from mtlrec.data.preprocess import EncodedData, Preprocessor
 from mtlrec.errors import UserError, did_you_mean
 from mtlrec.export.contract import value_type
-from mtlrec.export.exporters import eager_runner, export_module, load_runner, max_abs_diff
+from mtlrec.export.exporters import compiled_runner, eager_runner, export_module, load_runner, max_abs_diff
 from mtlrec.export.graph import InferenceModule, encoded_inputs, output_specs
-from mtlrec.export.run import TOLERANCE, ParityError, load_run_model, run_split
+from mtlrec.export.reduced import cast, check_precision, mean_abs_diff, within
+from mtlrec.export.reduced import tolerance as precision_tolerance
+from mtlrec.export.run import ParityError, load_run_model, run_split
 from mtlrec.schema import CategoricalFeature, MultiValuedFeature, NumericFeature, SchemaError
 
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
-ENGINES = ("torch", "onnx")
+ENGINES = ("torch", "onnx", "compile")
+#: the precisions of each engine (``mtlrec.export.reduced``): bf16 casts the weights once, int8 is onnxruntime's
+#: dynamic quantization
+ENGINE_PRECISIONS = {"torch": ("fp32", "bf16"), "onnx": ("fp32", "int8"), "compile": ("fp32", "bf16")}
 DEFAULT_BATCH_ROWS = 65536
 
 
@@ -309,20 +314,23 @@ class ScoreWriter:
 
 
 # ---- engines -------------------------------------------------------------------------------------------------------
-def onnx_cache(run_dir: Path, module: InferenceModule, checkpoint: str, model_name: str) -> Path:
-    """The run's ONNX export for ``--engine onnx`` (``<run>/export/<checkpoint>.onnx``), re-exported when the
-    checkpoint changed since it was written."""
+def onnx_cache(
+    run_dir: Path, module: InferenceModule, checkpoint: str, model_name: str, precision: str = "fp32"
+) -> Path:
+    """The run's ONNX export for ``--engine onnx`` (``<run>/export/<checkpoint>.onnx``, ``<checkpoint>.int8.onnx``
+    for ``--precision int8``), re-exported when the checkpoint changed since it was written."""
     ckpt = run_dir / f"{checkpoint}.pt"
     st = ckpt.stat()
-    stamp = {"checkpoint": ckpt.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    path = run_dir / "export" / f"{checkpoint}.onnx"
+    stamp = {"checkpoint": ckpt.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "precision": precision}
+    name = checkpoint if precision == "fp32" else f"{checkpoint}.{precision}"
+    path = run_dir / "export" / f"{name}.onnx"
     stamp_path = path.with_suffix(".onnx.json")
     if path.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.onnx")
     try:
-        export_module(module, "onnx", tmp, model_name)
+        export_module(module, "onnx", tmp, model_name, precision=precision)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -336,33 +344,48 @@ class Engine:
     module: InferenceModule
     outputs: list[str]
     run: Any
+    precision: str = "fp32"
     checked: bool = False
+    parity: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name if self.precision == "fp32" else f"{self.name} {self.precision}"
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self.run(feeds)
-        if not self.checked and self.name != "torch":  # parity on the first real batch, every time
-            diff = max_abs_diff(eager_runner(self.module)(feeds), out)
-            if not diff <= TOLERANCE:
+        if not self.checked and (self.name != "torch" or self.precision != "fp32"):  # on the first batch, always
+            ref = eager_runner(self.module)(feeds)
+            self.parity = {"max_abs_diff": max_abs_diff(ref, out)}
+            if self.precision != "fp32":
+                self.parity["mean_abs_diff"] = mean_abs_diff(ref, out)
+            failed = within(self.parity, precision_tolerance(self.precision))
+            if failed:
                 raise ParityError(
-                    f"parity check failed: the {self.name} engine differs from eager PyTorch by max abs "
-                    f"{diff:.3g} > {TOLERANCE:g} on the first {len(next(iter(out.values())))} rows"
+                    f"parity check failed: the {self.label} engine differs from eager PyTorch (fp32) by "
+                    f"{failed} on the first {len(next(iter(out.values())))} rows"
                 )
             self.checked = True
         return out
 
 
-def make_engine(run_dir: Path, engine: str, device: str, checkpoint: str) -> tuple[Engine, dict[str, Any]]:
+def make_engine(
+    run_dir: Path, engine: str, device: str, checkpoint: str, precision: str = "fp32"
+) -> tuple[Engine, dict[str, Any]]:
     if engine not in ENGINES:
         raise UserError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if device != "cpu" and not device.startswith("cuda"):
         raise UserError(f"--device must be cpu or cuda[:N], got {device!r}")
+    check_precision(f"--engine {engine}", precision, ENGINE_PRECISIONS[engine], device=device)
     model, info = load_run_model(run_dir, checkpoint)
     module = InferenceModule(model)
     outputs = [s.name for s in output_specs(model)]
     if engine == "torch":
-        return Engine("torch", module, outputs, eager_runner(module, device)), info
-    path = onnx_cache(Path(run_dir), module, checkpoint, info["model"])
-    return Engine("onnx", module, outputs, load_runner("onnx", path, outputs, device=device)), info
+        return Engine("torch", module, outputs, eager_runner(cast(module, precision), device), precision), info
+    if engine == "compile":
+        return Engine("compile", module, outputs, compiled_runner(module, precision, device), precision), info
+    path = onnx_cache(Path(run_dir), module, checkpoint, info["model"], precision)
+    return Engine("onnx", module, outputs, load_runner("onnx", path, outputs, device=device), precision), info
 
 
 def _score_table(engine: Engine, data: EncodedData) -> dict[str, np.ndarray]:
@@ -382,6 +405,7 @@ def predict_file(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     separator: str = ",",
     oov_warn: float = 0.2,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Score a raw CSV/Parquet file to ``out``; returns the report (rows, seconds, drift, warnings)."""
     out_fmt = output_format(out)
@@ -391,7 +415,7 @@ def predict_file(
     in_fmt = input_format(file)
     if batch_rows <= 0:
         raise UserError(f"--batch-rows must be positive, got {batch_rows}")
-    eng, info = make_engine(run_dir, engine, device, checkpoint)
+    eng, info = make_engine(run_dir, engine, device, checkpoint, precision)
     present = file_columns(file, in_fmt, separator)
     for k in keep:
         if k not in present:
@@ -433,11 +457,12 @@ def predict_split(
     checkpoint: str = "best",
     batch_rows: int = DEFAULT_BATCH_ROWS,
     keep: list[str] | tuple[str, ...] = (),
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Score an (already encoded) split of the run's data set to ``out``. ``keep`` may name ``row`` (the row's
     position in the split) and task names (the row's label; NaN outside the task's sample space)."""
     out_fmt = output_format(out)
-    eng, info = make_engine(Path(run_dir), engine, device, checkpoint)
+    eng, info = make_engine(Path(run_dir), engine, device, checkpoint, precision)
     data = run_split(info, split)
     allowed = ["row", *data.task_names]
     for k in keep:
@@ -488,6 +513,8 @@ def _report(writer: ScoreWriter, eng: Engine, seconds: float, enc: BatchEncoder 
         "out": str(writer.path),
         "rows": writer.rows,
         "engine": eng.name,
+        "precision": eng.precision,
+        "parity": eng.parity,
         "seconds": seconds,
         "rows_per_s": writer.rows / seconds if seconds > 0 else float("inf"),
         "drift": drift,

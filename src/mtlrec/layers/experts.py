@@ -44,6 +44,7 @@ class BatchedExperts(nn.Module):
             self.biases.append(nn.Parameter(torch.empty(num_experts, 1, dout).uniform_(-bound, bound)))
         self.act = activation(activation_name)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.inference_form = False  # use_inference_form: the caller may run each() instead of forward()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.num_experts
@@ -58,3 +59,28 @@ class BatchedExperts(nn.Module):
         for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
             out = self.dropout(self.act(torch.baddbmm(b, out, w)))
         return out
+
+    def each(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The same experts on a shared input ``x (B, d)`` as a list of ``n`` contiguous ``(B, hidden[-1])``
+        outputs, one ``addmm`` chain per expert: no ``(n, B, h)`` view to transpose or copy between layers. The
+        inference form (mixed by :func:`~mtlrec.layers.gates.mix_each`; see :func:`use_inference_form`): at
+        batch 8192 on CPU it scored MMoE 1.4x faster in fp32 and 1.6x in bf16 than :meth:`forward`, and its ONNX
+        graph 1.3x faster in int8 (docs/export.md). Equal to :meth:`forward` to float rounding only, so training
+        and the trainer's evaluation keep :meth:`forward`."""
+        outs = []
+        for i in range(self.num_experts):
+            h = x
+            for w, b in zip(self.weights, self.biases, strict=True):
+                h = self.dropout(self.act(torch.addmm(b[i, 0], h, w[i])))
+            outs.append(h)
+        return outs
+
+
+def use_inference_form(module: nn.Module, on: bool = True) -> nn.Module:
+    """Let every :class:`BatchedExperts` in ``module`` run in its inference form (:meth:`BatchedExperts.each`)
+    where the model supports it and autograd is off; what exported graphs and the scoring engines run. Returns
+    ``module``."""
+    for m in module.modules():
+        if isinstance(m, BatchedExperts):
+            m.inference_form = on
+    return module

@@ -49,6 +49,15 @@ def mix(weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bn,nbh->bh", weights, experts)
 
 
+def mix_each(weights: torch.Tensor, experts: list[torch.Tensor]) -> torch.Tensor:
+    """:func:`mix` of expert outputs given as a list of ``n`` ``(B, h)`` tensors
+    (:meth:`~mtlrec.layers.experts.BatchedExperts.each`): ``Σ_i weights[:, i] · experts[i]``."""
+    out = weights[:, 0:1] * experts[0]
+    for i in range(1, len(experts)):
+        out = out + weights[:, i : i + 1] * experts[i]
+    return out
+
+
 class ValueGate(Gate):
     """Trainable value gating (TVG, DEPHN §III-C / Fig. 6): the gate values are parameters, not functions of x.
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from mtlrec.data.layout import FeatureLayout
 from mtlrec.layers.experts import BatchedExperts
-from mtlrec.layers.gates import Gate, mix
+from mtlrec.layers.gates import Gate, mix, mix_each
 from mtlrec.models.base import EmbeddedInputs, MultiTaskModel
 from mtlrec.models.registry import register_model
 from mtlrec.schema import TaskSpec
@@ -40,8 +40,13 @@ class _MixtureOfExperts(MultiTaskModel):
 
     def backbone(self, inputs: EmbeddedInputs) -> list[torch.Tensor]:
         x = inputs.flat()
-        experts = self.experts(x)
-        mixed = [mix(g(x), experts) for g in self.gates]
+        if self.experts.inference_form and not torch.is_grad_enabled():
+            # exported graphs and scoring engines (use_inference_form): one GEMM chain per expert, no transposes
+            outs = self.experts.each(x)
+            mixed = [mix_each(g(x), outs) for g in self.gates]
+        else:
+            experts = self.experts(x)
+            mixed = [mix(g(x), experts) for g in self.gates]
         return mixed if len(mixed) == len(self.tasks) else mixed * len(self.tasks)
 
 
