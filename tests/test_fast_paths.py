@@ -36,7 +36,8 @@ def _grads(module: torch.nn.Module, x: torch.Tensor, fn, precision: str = "fp32"
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
 @pytest.mark.parametrize("hidden", [[16, 8], [16], [12, 8, 4]])
@@ -85,3 +86,40 @@ def test_batched_experts_bf16_path_close_to_fp32(hidden, shared_input):
     # the fast path is not less exact than the old autocast one
     assert _rel(fast[0], ref[0]) < 1.5 * _rel(old[0], ref[0]) + 1e-3
     assert _rel(fast[1], ref[1]) < 1.5 * _rel(old[1], ref[1]) + 1e-3
+
+
+def test_stacked_codebook_shrink_first_matches_restore_first():
+    """MemoNet's sum shrinking after linear restoring (the per-branch modules) equals restoring after shrinking
+    (the stacked fast path), outputs and gradients, in fp32 and under bf16 autocast (the shrink stays fp32)."""
+    from mtlrec.layers.interactions import HashCodebook
+    from mtlrec.layers.interactions.stacked import StackedHashCodebook
+
+    torch.manual_seed(0)
+    F, D, B = 9, 4, 32
+    hcs = [HashCodebook(F, D, num_buckets=200, shrink="sum", sparse=True, seed=3) for _ in range(2)]
+    st = StackedHashCodebook.from_modules(hcs)
+    ids = torch.randint(0, 50, (B, F))
+    E = torch.randn(B, F, D)
+    ref = torch.stack([hc(ids, E) for hc in hcs])
+    g = torch.randn_like(ref)
+    (ref * g).sum().backward()
+    for precision in ("fp32", "bf16"):
+        st.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            got = st(ids, E)
+        (got.float() * g).sum().backward()
+        if precision == "fp32":
+
+            def close(a, b):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        else:
+
+            def close(a, b):
+                assert _rel(a, b) < 2e-2  # bf16 products: about 1% in norm
+
+        close(got.float(), ref)
+        rows = st.rows
+        dense = st.codebook.weight.grad.to_dense()
+        for k, hc in enumerate(hcs):
+            close(dense[k * rows : (k + 1) * rows], hc.codebook.weight.grad.to_dense())
+            close(st.restore.weight.grad[k], hc.restore_linear.weight.grad.t())
