@@ -123,3 +123,18 @@ def test_stacked_codebook_shrink_first_matches_restore_first():
         for k, hc in enumerate(hcs):
             close(dense[k * rows : (k + 1) * rows], hc.codebook.weight.grad.to_dense())
             close(st.restore.weight.grad[k], hc.restore_linear.weight.grad.t())
+
+
+def test_cast_once_equals_autocast_casting_each_product():
+    """A backbone input cast once (``to_autocast``) gives every gate the bits autocast's own per-op cast gives."""
+    from mtlrec.layers.experts import to_autocast
+    from mtlrec.layers.gates import Gate
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 29)
+    gate = Gate(29, 4)
+    assert to_autocast(x) is x
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        once = to_autocast(x)
+        assert once.dtype == torch.bfloat16
+        assert torch.equal(gate(once), gate(x))

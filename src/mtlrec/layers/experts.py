@@ -18,6 +18,14 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     return torch.get_autocast_dtype(device_type)
 
 
+def to_autocast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the autocast dtype when an autocast region is active on its device, else ``x``. A backbone whose
+    input feeds only matrix products (gates, experts) casts it once here instead of autocast casting it again
+    for every product that reads it (and casting each product's input gradient back in the backward pass)."""
+    low = autocast_dtype(x.device.type)
+    return x if low is None or not x.is_floating_point() else x.to(low)
+
+
 class BatchedExperts(nn.Module):
     """``n`` MLP experts with the same shape, stored as stacked weights.
 

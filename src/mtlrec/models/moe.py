@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mtlrec.data.layout import FeatureLayout
-from mtlrec.layers.experts import BatchedExperts
+from mtlrec.layers.experts import BatchedExperts, to_autocast
 from mtlrec.layers.gates import Gate, mix
 from mtlrec.models.base import EmbeddedInputs, MultiTaskModel
 from mtlrec.models.registry import register_model
@@ -39,7 +39,7 @@ class _MixtureOfExperts(MultiTaskModel):
         self.build_towers(self.experts.output_dim)
 
     def backbone(self, inputs: EmbeddedInputs) -> list[torch.Tensor]:
-        x = inputs.flat()
+        x = to_autocast(inputs.flat())  # read by the gates and the experts: cast once under autocast
         experts = self.experts(x)
         mixed = [mix(g(x), experts) for g in self.gates]
         return mixed if len(mixed) == len(self.tasks) else mixed * len(self.tasks)
