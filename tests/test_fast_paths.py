@@ -127,7 +127,7 @@ def test_stacked_codebook_shrink_first_matches_restore_first():
 
 def test_cast_once_equals_autocast_casting_each_product():
     """A backbone input cast once (``to_autocast``) gives every gate the bits autocast's own per-op cast gives."""
-    from mtlrec.layers.experts import to_autocast
+    from mtlrec.layers.autocast import to_autocast
     from mtlrec.layers.gates import Gate
 
     torch.manual_seed(0)
@@ -138,3 +138,14 @@ def test_cast_once_equals_autocast_casting_each_product():
         once = to_autocast(x)
         assert once.dtype == torch.bfloat16
         assert torch.equal(gate(once), gate(x))
+
+
+def test_softmax_helper_is_torch_softmax_in_fp32_and_fp32_inside_bf16():
+    from mtlrec.layers.autocast import softmax
+
+    torch.manual_seed(0)
+    s = torch.randn(8, 2, 5, 5)
+    assert torch.equal(softmax(s), torch.softmax(s, -1))
+    got = softmax(s.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), torch.softmax(s.bfloat16().float(), -1).bfloat16().float())

@@ -8,22 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mtlrec.layers.autocast import autocast_dtype
 from mtlrec.layers.mlp import activation
-
-
-def autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The low-precision dtype of the autocast region active on ``device_type``, or None outside autocast."""
-    if not torch.is_autocast_enabled(device_type):
-        return None
-    return torch.get_autocast_dtype(device_type)
-
-
-def to_autocast(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the autocast dtype when an autocast region is active on its device, else ``x``. A backbone whose
-    input feeds only matrix products (gates, experts) casts it once here instead of autocast casting it again
-    for every product that reads it (and casting each product's input gradient back in the backward pass)."""
-    low = autocast_dtype(x.device.type)
-    return x if low is None or not x.is_floating_point() else x.to(low)
 
 
 class BatchedExperts(nn.Module):

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from mtlrec.data.layout import FeatureLayout
-from mtlrec.layers.experts import BatchedExperts, to_autocast
+from mtlrec.layers.autocast import to_autocast
+from mtlrec.layers.experts import BatchedExperts
 from mtlrec.layers.gates import Gate, mix
 from mtlrec.models.base import EmbeddedInputs, MultiTaskModel
 from mtlrec.models.registry import register_model

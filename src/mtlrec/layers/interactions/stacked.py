@@ -199,4 +199,3 @@ class StackedHashCodebook(nn.Module):
         F = s.shape[0]
         s = s.view(F, n, B, -1).permute(1, 2, 0, 3).reshape(n, B * F, -1)  # (n, B·F, M·code_dim)
         return self.restore(s).view(n, B, -1)
-
