@@ -155,11 +155,33 @@ def bench_train(name: str, data, precision: str, args) -> dict[str, Any]:
     torch.manual_seed(0)
     it = BatchIterator(data, args.batch_size, shuffle=True, seed=0, drop_last=True)
     gflop = train_gflop(trainer, next(iter(it.epoch(0))))
-    runs = time_runs(trainer.train_step, endless(it.epoch), args.warmup, args.runs, args.steps_per_run, args.batch_size)
+    batches = endless(it.epoch)
+    runs = time_runs(trainer.train_step, batches, args.warmup, args.runs, args.steps_per_run, args.batch_size)
     row = _row(name, "train", precision, args.batch_size, runs)
     row["gflop_per_sample"] = round(gflop / args.batch_size, 6)
     row["achieved_gflop_s"] = round(gflop / args.batch_size * row["samples_per_s"], 2)
+    if args.profile:
+        row["top_ops"] = top_ops(trainer.train_step, batches, args.profile)
+        ops = "; ".join(f"{o['op']} {100 * o['share']:.1f}%" for o in row["top_ops"])
+        print(f"# {name} {precision} top ops (self CPU): {ops}", file=sys.stderr)
     return row
+
+
+def top_ops(step, batches, n: int, steps: int = 3) -> list[dict[str, Any]]:
+    """The ``n`` operators with the largest self-CPU time over ``steps`` training steps (``torch.profiler``), each
+    with its share of the profiled time and its calls per step: where a model's step goes, beside its figures."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step(next(batches))
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: -e.self_cpu_time_total)[:n]
+    return [
+        {"op": e.key, "share": round(e.self_cpu_time_total / total, 4), "calls_per_step": round(e.count / steps, 1)}
+        for e in ranked
+    ]
 
 
 def train_gflop(trainer, batch) -> float:
@@ -516,6 +538,7 @@ def main() -> None:
     p.add_argument("--numeric-mode", default="dense", choices=["dense", "embed"])
     p.add_argument("--no-infer", action="store_true")
     p.add_argument("--no-train", action="store_true", help="inference rows only (and DeepCTR-Torch predict)")
+    p.add_argument("--profile", type=int, default=0, help="record the top N operators of 3 training steps per row")
     p.add_argument("--peers", action="store_true", help="also run torch-rechub and DeepCTR-Torch (separate venv)")
     p.add_argument("--peers-venv", default=None)
     p.add_argument("--nproc", type=int, default=1, help="also train in 1 and N data-parallel processes (ddp rows)")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mtlrec.layers.autocast import autocast_dtype
 from mtlrec.layers.mlp import activation
 
 
@@ -18,6 +19,19 @@ class BatchedExperts(nn.Module):
     returns ``(n, B, hidden[-1])``. With a shared input the first layers of all experts are one
     ``(B, d) @ (d, n·h1)`` matrix product; later layers use one batched ``baddbmm``, never a loop over experts.
     Initialisation matches ``nn.Linear`` per expert.
+
+    Two execution paths, the same function:
+
+    * fp32 (no autocast): ``relu(x W + b)`` per layer with the bias added after the product, bit for bit the
+      original formulation. A shared input that needs a gradient is handed to the GEMM in column-major layout
+      (an ``(d, B)`` copy, transposed back as a view): autograd's ``mm`` backward then forms ``∂L/∂x`` as
+      ``(W ∂L/∂y^T)^T`` into a ``(d, B)`` buffer instead of a ``(B, d)`` one with an odd leading dimension (d = 429
+      on the throughput config), 1.5x faster on the measured CPUs and bit-identical (the same products and sums).
+    * under autocast (bf16 on CPU, bf16/fp16 on CUDA): the weights are cast once per forward, the bias is folded
+      into the product (``addmm`` / ``baddbmm``) and the activation runs in place, so activations stay in the low
+      precision between layers (no per-op casts back and forth, no fp32 copies of ``(n, B, h)`` blocks). With a
+      shared input and more than one layer, the first layer is computed transposed, ``(n·h1, B) = W^T x^T``, the
+      layout whose transpose ``baddbmm`` reads without a copy.
     """
 
     def __init__(
@@ -46,18 +60,49 @@ class BatchedExperts(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.inference_form = False  # use_inference_form: the caller may run each() instead of forward()
 
+    def _activate(self, out: torch.Tensor) -> torch.Tensor:
+        # ReLU in place: its input is a fresh product no backward needs (mm/addmm/baddbmm save their inputs only)
+        out = out.relu_() if type(self.act) is nn.ReLU else self.act(out)
+        return self.dropout(out)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = autocast_dtype(x.device.type)
+        if low is not None and low != torch.float32:
+            return self._forward_low(x, low)
         n = self.num_experts
         w0, b0 = self.weights[0], self.biases[0]
         if x.dim() == 2:
             d, h = w0.shape[1], w0.shape[2]
             flat = w0.permute(1, 0, 2).reshape(d, n * h)
+            if x.requires_grad and torch.is_grad_enabled():
+                x = x.t().contiguous().t()  # column-major: see the class docstring
             out = (x @ flat).view(x.shape[0], n, h).transpose(0, 1) + b0
         else:
             out = torch.baddbmm(b0, x, w0)
-        out = self.dropout(self.act(out))
+        out = self._activate(out)
         for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
-            out = self.dropout(self.act(torch.baddbmm(b, out, w)))
+            out = self._activate(torch.baddbmm(b, out, w))
+        return out
+
+    def _forward_low(self, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+        """The autocast path: every layer one ``addmm``/``baddbmm`` in ``dt`` with the bias inside, in-place ReLU."""
+        n = self.num_experts
+        w0, b0 = self.weights[0], self.biases[0]
+        x = x.to(dt)
+        if x.dim() == 2:
+            B, d, h = x.shape[0], w0.shape[1], w0.shape[2]
+            if len(self.weights) > 1:  # (n·h, B) = W^T x^T + b, read by the next baddbmm as (n, B, h)
+                wt = w0.transpose(1, 2).reshape(n * h, d).to(dt)
+                out = torch.addmm(b0.reshape(n * h, 1).to(dt), wt, x.t())
+                out = self._activate(out).view(n, h, B).transpose(1, 2)
+            else:  # (B, n·h) = x W + b, viewed as (n, B, h)
+                flat = w0.permute(1, 0, 2).reshape(d, n * h).to(dt)
+                out = torch.addmm(b0.reshape(1, n * h).to(dt), x, flat)
+                out = self._activate(out).view(B, n, h).transpose(0, 1)
+        else:
+            out = self._activate(torch.baddbmm(b0.to(dt), x, w0.to(dt)))
+        for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
+            out = self._activate(torch.baddbmm(b.to(dt), out, w.to(dt)))
         return out
 
     def each(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mtlrec.data.layout import FeatureLayout
+from mtlrec.layers.autocast import to_autocast
 from mtlrec.layers.experts import BatchedExperts
 from mtlrec.layers.gates import Gate, mix, mix_each
 from mtlrec.models.base import EmbeddedInputs, MultiTaskModel
@@ -39,7 +40,7 @@ class _MixtureOfExperts(MultiTaskModel):
         self.build_towers(self.experts.output_dim)
 
     def backbone(self, inputs: EmbeddedInputs) -> list[torch.Tensor]:
-        x = inputs.flat()
+        x = to_autocast(inputs.flat())  # read by the gates and the experts: cast once under autocast
         if self.experts.inference_form and not torch.is_grad_enabled():
             # exported graphs and scoring engines (use_inference_form): one GEMM chain per expert, no transposes
             outs = self.experts.each(x)

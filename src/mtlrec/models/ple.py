@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mtlrec.data.layout import FeatureLayout
+from mtlrec.layers.autocast import to_autocast
 from mtlrec.layers.experts import BatchedExperts
 from mtlrec.layers.gates import Gate, mix
 from mtlrec.models.base import EmbeddedInputs, MultiTaskModel
@@ -134,7 +135,7 @@ class _ExtractionNetwork(MultiTaskModel):
         self.build_towers(d)
 
     def backbone(self, inputs: EmbeddedInputs) -> list[torch.Tensor]:
-        x = inputs.flat()
+        x = to_autocast(inputs.flat())  # read by every gate and expert of level 1: cast once under autocast
         task_x: list[torch.Tensor] = [x] * len(self.tasks)
         shared_x: torch.Tensor | None = x
         for level in self.levels:

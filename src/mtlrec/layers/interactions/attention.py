@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from mtlrec.layers.autocast import softmax
+
 
 class _AttentionLayer(nn.Module):
     def __init__(self, in_dim: int, num_heads: int, head_dim: int, residual: bool, scale: bool) -> None:
@@ -20,7 +22,7 @@ class _AttentionLayer(nn.Module):
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         b, f, _ = e.shape
         q, k, v = self.qkv(e).view(b, f, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, F, d')
-        att = torch.softmax(q @ k.transpose(-1, -2) * self.scale, dim=-1)  # AutoInt eq. 5-6
+        att = softmax(q @ k.transpose(-1, -2) * self.scale, dim=-1)  # AutoInt eq. 5-6 (fp32 under autocast)
         out = (att @ v).transpose(1, 2).reshape(b, f, -1)  # eq. 7: concat heads
         if self.res is not None:
             out = out + self.res(e)  # eq. 8: ReLU(e^~ + W_res e)

@@ -1,0 +1,151 @@
+"""Fast formulations against the plain ones they replace (issue 14): fp32 bit for bit, autocast bf16 within a
+bf16 tolerance of fp32, forward outputs and gradients alike."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtlrec.layers.experts import BatchedExperts
+
+
+def _reference_experts(ex: BatchedExperts, x: torch.Tensor) -> torch.Tensor:
+    """The original formulation: ``relu(x W + b)`` per layer, first layer one GEMM over the stacked weights."""
+    n = ex.num_experts
+    w0, b0 = ex.weights[0], ex.biases[0]
+    if x.dim() == 2:
+        d, h = w0.shape[1], w0.shape[2]
+        out = (x @ w0.permute(1, 0, 2).reshape(d, n * h)).view(x.shape[0], n, h).transpose(0, 1) + b0
+    else:
+        out = torch.baddbmm(b0, x, w0)
+    out = torch.relu(out)
+    for w, b in zip(list(ex.weights)[1:], list(ex.biases)[1:], strict=True):
+        out = torch.relu(torch.baddbmm(b, out, w))
+    return out
+
+
+def _grads(module: torch.nn.Module, x: torch.Tensor, fn, precision: str = "fp32"):
+    module.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = fn(x)
+    out = out.float()
+    torch.manual_seed(1)
+    (out * torch.randn_like(out)).sum().backward()
+    return out.detach(), x.grad, [p.grad.clone() for p in module.parameters()]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("hidden", [[16, 8], [16], [12, 8, 4]])
+@pytest.mark.parametrize("shared_input", [True, False])
+def test_batched_experts_fp32_bit_identical(hidden, shared_input):
+    torch.manual_seed(0)
+    n, d, B = 4, 29, 64  # an odd input width, as the throughput config's 429
+    ex = BatchedExperts(n, d, hidden)
+    x = torch.randn(B, d) if shared_input else torch.randn(n, B, d)
+    new = _grads(ex, x, ex)
+    ref = _grads(ex, x, lambda t: _reference_experts(ex, t))
+    assert torch.equal(new[0], ref[0]) and torch.equal(new[1], ref[1])
+    assert all(torch.equal(a, b) for a, b in zip(new[2], ref[2], strict=True))
+
+
+def test_batched_experts_fp32_bit_identical_at_benchmark_size():
+    """The column-major input only changes which GEMM forms ``dL/dx`` (the transposed product): same bits."""
+    torch.manual_seed(0)
+    ex = BatchedExperts(8, 429, [256, 128])
+    x = torch.randn(512, 429)
+    new = _grads(ex, x, ex)
+    ref = _grads(ex, x, lambda t: _reference_experts(ex, t))
+    assert torch.equal(new[0], ref[0]) and torch.equal(new[1], ref[1])
+    assert all(torch.equal(a, b) for a, b in zip(new[2], ref[2], strict=True))
+
+
+@pytest.mark.parametrize("hidden", [[64, 32], [64]])
+@pytest.mark.parametrize("shared_input", [True, False])
+def test_batched_experts_bf16_path_close_to_fp32(hidden, shared_input):
+    """Under bf16 autocast the experts run in bf16 end to end (bias inside the product, in-place ReLU): outputs and
+    gradients within bf16 rounding of fp32, and as close as the old autocast formulation."""
+    torch.manual_seed(0)
+    n, d, B = 4, 61, 256
+    ex = BatchedExperts(n, d, hidden)
+    x = torch.randn(B, d) if shared_input else torch.randn(n, B, d)
+    fast = _grads(ex, x, ex, "bf16")
+    old = _grads(ex, x, lambda t: _reference_experts(ex, t), "bf16")
+    ref = _grads(ex, x, lambda t: _reference_experts(ex, t))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ex(x).dtype == torch.bfloat16
+    for got, base in ((fast, ref), (old, ref)):
+        assert _rel(got[0], base[0]) < 1e-2
+        # gradients pass through bf16 products and ReLU masks that flip near 0: a few % in norm
+        assert _rel(got[1], base[1]) < 0.1
+        assert all(_rel(a, b) < 0.1 for a, b in zip(got[2], base[2], strict=True))
+    # the fast path is not less exact than the old autocast one
+    assert _rel(fast[0], ref[0]) < 1.5 * _rel(old[0], ref[0]) + 1e-3
+    assert _rel(fast[1], ref[1]) < 1.5 * _rel(old[1], ref[1]) + 1e-3
+
+
+def test_stacked_codebook_shrink_first_matches_restore_first():
+    """MemoNet's sum shrinking after linear restoring (the per-branch modules) equals restoring after shrinking
+    (the stacked fast path), outputs and gradients, in fp32 and under bf16 autocast (the shrink stays fp32)."""
+    from mtlrec.layers.interactions import HashCodebook
+    from mtlrec.layers.interactions.stacked import StackedHashCodebook
+
+    torch.manual_seed(0)
+    F, D, B = 9, 4, 32
+    hcs = [HashCodebook(F, D, num_buckets=200, shrink="sum", sparse=True, seed=3) for _ in range(2)]
+    st = StackedHashCodebook.from_modules(hcs)
+    ids = torch.randint(0, 50, (B, F))
+    E = torch.randn(B, F, D)
+    ref = torch.stack([hc(ids, E) for hc in hcs])
+    g = torch.randn_like(ref)
+    (ref * g).sum().backward()
+    for precision in ("fp32", "bf16"):
+        st.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            got = st(ids, E)
+        (got.float() * g).sum().backward()
+        if precision == "fp32":
+
+            def close(a, b):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        else:
+
+            def close(a, b):
+                assert _rel(a, b) < 2e-2  # bf16 products: about 1% in norm
+
+        close(got.float(), ref)
+        rows = st.rows
+        dense = st.codebook.weight.grad.to_dense()
+        for k, hc in enumerate(hcs):
+            close(dense[k * rows : (k + 1) * rows], hc.codebook.weight.grad.to_dense())
+            close(st.restore.weight.grad[k], hc.restore_linear.weight.grad.t())
+
+
+def test_cast_once_equals_autocast_casting_each_product():
+    """A backbone input cast once (``to_autocast``) gives every gate the bits autocast's own per-op cast gives."""
+    from mtlrec.layers.autocast import to_autocast
+    from mtlrec.layers.gates import Gate
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 29)
+    gate = Gate(29, 4)
+    assert to_autocast(x) is x
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        once = to_autocast(x)
+        assert once.dtype == torch.bfloat16
+        assert torch.equal(gate(once), gate(x))
+
+
+def test_softmax_helper_is_torch_softmax_in_fp32_and_fp32_inside_bf16():
+    from mtlrec.layers.autocast import softmax
+
+    torch.manual_seed(0)
+    s = torch.randn(8, 2, 5, 5)
+    assert torch.equal(softmax(s), torch.softmax(s, -1))
+    got = softmax(s.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), torch.softmax(s.bfloat16().float(), -1).bfloat16().float())
