@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,9 +169,24 @@ def test_cli_train_nproc_2_equals_one_process(tmp_path):
         out = tmp_path / f"runs{n}"
         res = CliRunner().invoke(app, ["train", str(cfg), "--out", str(out), "--quiet", "--nproc", str(n)])
         assert res.exit_code == 0, res.output
-        lines = (out / "results.jsonl").read_text().splitlines()
-        assert len(lines) == 1  # rank 0 alone writes
-        rows[n] = json.loads(lines[0])
+        rows[n] = _only_row(out)
+    # the same command under torchrun itself (torch.distributed.run: what the torchrun script calls)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    out = tmp_path / "torchrun"
+    done = subprocess.run(
+        [*torchrun, "-m", "mtlrec", "train", str(cfg), "--out", str(out), "--quiet"],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows["torchrun"] = _only_row(out)
     assert rows[2]["world_size"] == 2 and rows[1]["world_size"] == 1 and rows[2]["global_batch_size"] == 200
+    assert rows["torchrun"]["world_size"] == 2 and rows["torchrun"]["test"] == rows[2]["test"]
     for t in ("y1", "y2"):
         assert abs(rows[2]["test"][t]["auc"] - rows[1]["test"][t]["auc"]) < 1e-3
+
+
+def _only_row(out: Path) -> dict:
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 1  # rank 0 alone writes
+    return json.loads(lines[0])
