@@ -299,3 +299,17 @@ def test_string_lookup_by_hash_index_equals_index_in():
     lookup.hashes = None  # the pyarrow index_in path
     slow = lookup.encode(batch)
     assert np.array_equal(fast, slow) and (fast > 0).sum() > 10 and fast[-4] == 0 and fast[-1] == 0
+
+
+def test_binary_labels_and_masks_are_cached_as_bytes_and_read_as_float(tmp_path):
+    pq.write_table(make_table(500), tmp_path / "d.parquet")
+    binary = load_stream(tiny_schema(), tmp_path / "d.parquet", cache_dir=tmp_path / "c")
+    mixed = load_stream(tiny_schema(with_regression=True), tmp_path / "d.parquet", cache_dir=tmp_path / "c")
+    assert binary.train.labels.dtype == np.uint8 and binary.train.masks.dtype == np.uint8
+    assert mixed.train.labels.dtype == np.float32 and mixed.train.masks.dtype == np.uint8
+    # the same labels inside each task's sample space, zero outside it (where nothing reads them)
+    m = np.asarray(mixed.train.masks) > 0
+    want = np.where(m[:, :2], np.asarray(mixed.train.labels)[:, :2], 0)
+    assert np.array_equal(np.asarray(binary.train.labels, np.float32), want)
+    batch = next(iter(BatchIterator(binary.train, 64)))
+    assert batch.labels.dtype == torch.float32 and batch.masks.dtype == torch.float32

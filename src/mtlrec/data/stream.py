@@ -576,14 +576,18 @@ def prepare_stream(
         id_dtype = _int_dtype(max([cat_max] + [m.vocab_size for m in layout.multi_valued]))
         cols: dict[int, dict[str, ColumnFile]] = {}
         n_cat, n_num, n_task = len(layout.categorical), len(layout.numeric), len(schema.tasks)
+        # 0/1 labels of binary tasks fit a byte (zero outside a task's sample space, where no loss or metric reads
+        # them); a regression task keeps float32 for all
+        binary = all(t.type == "binary" for t in schema.tasks)
+        label_dtype = np.uint8 if binary else np.float32
         label_sums = np.zeros((3, 2, n_task))  # per split: rows in each task's space, label sum over it
         for i, k in enumerate(SPLIT_NAMES):
             n = int(counts[i])
             c = {
                 "cat": writer.column(k, "cat", (n, n_cat), _int_dtype(cat_max)),
                 "num": writer.column(k, "num", (n, n_num), np.float32),
-                "labels": writer.column(k, "labels", (n, n_task), np.float32),
-                "masks": writer.column(k, "masks", (n, n_task), np.uint8),  # 0/1: a byte, cast per batch
+                "labels": writer.column(k, "labels", (n, n_task), label_dtype),
+                "masks": writer.column(k, "masks", (n, n_task), np.uint8),  # 0/1: a byte, cast per batch too
             }
             for m in layout.multi_valued:
                 c[f"multi__{m.name}"] = writer.column(k, f"multi__{m.name}", (n, m.max_len), _int_dtype(m.vocab_size))
@@ -607,6 +611,8 @@ def prepare_stream(
                     for s in np.unique(codes):
                         sel = codes == s
                         enc = whole if sel.all() else whole.take(sel)
+                        if binary:
+                            enc.labels = np.where(enc.masks > 0, enc.labels, 0).astype(np.float32)
                         writes.put(cols[s], enc, pos[s])
                         label_sums[s, 0] += enc.masks.sum(0, dtype=np.float64)
                         label_sums[s, 1] += (enc.labels * enc.masks).sum(0, dtype=np.float64)
