@@ -134,7 +134,7 @@ class BatchIterator:
             windows = WindowReader(self.data, self.block, self._block_order(epoch), self.window_blocks)
             try:
                 for idx in self._block_batches(epoch, start_batch):
-                    yield Batch.from_arrays(*windows.gather(np.sort(idx)))
+                    yield Batch.from_arrays(windows.gather(np.sort(idx)), slice(None))
             finally:
                 windows.close()
             return
@@ -207,8 +207,8 @@ class WindowReader:
             at += want
         return out
 
-    def gather(self, idx: np.ndarray) -> tuple[EncodedData, slice]:
-        """The rows ``idx`` (in this order) as a small in-memory :class:`EncodedData`, and the slice to batch."""
+    def gather(self, idx: np.ndarray) -> EncodedData:
+        """The rows ``idx`` (in this order) as a small in-memory :class:`EncodedData`."""
         win = self.window_of_block[idx // self.block]
         out = {name: np.empty((len(idx), *a.shape[1:]), a.dtype) for name, a in self.fields.items()}
         for k in np.unique(win).tolist():
@@ -220,8 +220,7 @@ class WindowReader:
             for name, buf in bufs.items():
                 out[name][sel] = buf[local]
         multi = {k[len("multi__") :]: v for k, v in out.items() if k.startswith("multi__")}
-        part = replace(self.data, cat=out["cat"], num=out["num"], labels=out["labels"], masks=out["masks"], multi=multi)
-        return part, slice(None)
+        return replace(self.data, cat=out["cat"], num=out["num"], labels=out["labels"], masks=out["masks"], multi=multi)
 
     def close(self) -> None:
         for fd in self.fds.values():
