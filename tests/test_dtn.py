@@ -82,6 +82,7 @@ def test_tsn_uses_original_task_indices_for_three_tasks(tiny_bundle_reg):
         model.heads["rating"].bias.zero_()
     out = model(_batch(tiny_bundle_reg))
     out.logits["click"].sum().backward()
+
     def grads(b: int) -> float:
         """Gradient mass of branch b (rows b of the stacked dense parameters; b = 3 is the shared branch)."""
         group, k = (model.task_branches, b) if b < 3 else (model.shared_branches, b - 3)

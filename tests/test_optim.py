@@ -143,9 +143,12 @@ def test_build_optimizers_puts_sparse_tables_in_rowwise_adam():
     assert isinstance(opts[0], torch.optim.Adam) and isinstance(opts[1], RowwiseAdam)
 
 
-@pytest.mark.parametrize(("rows", "lookups"), [(500, 4000), (100_000, 3000), (2000, 60_000)])
+@pytest.mark.parametrize(
+    ("rows", "lookups"), [(500, 4000), (100_000, 3000), (2000, 60_000), (50_000, 60_000), (500, 40_000)]
+)
 def test_touched_rows_equal_coalesce_bit_for_bit(rows, lookups):
-    """The optimizer's row summation gives coalesce()'s rows and sums bit for bit (committed results reproduce)."""
+    """Both ways of summing (the sort; the table-sized buffer in the last three, with rows left untouched in the
+    fourth) give coalesce()'s rows and sums bit for bit (committed results reproduce)."""
     from mtlrec.train.optim import _touched_rows
 
     torch.manual_seed(0)
@@ -156,3 +159,10 @@ def test_touched_rows_equal_coalesce_bit_for_bit(rows, lookups):
     got_rows, got = _touched_rows(emb.weight.grad)
     assert torch.equal(got_rows, ref.indices()[0])
     assert torch.equal(got, ref.values())
+
+
+def test_sort_is_stable_from_the_size_the_buffer_path_relies_on():
+    from mtlrec.train.optim import STABLE_SORT_MIN
+
+    ids = torch.randint(0, 100, (STABLE_SORT_MIN,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ids.sort().indices, ids.sort(stable=True).indices)

@@ -65,7 +65,9 @@ def test_stacked_parallel_masknet():
     torch.manual_seed(0)
     F, D = 4, 3
     nets = [
-        MaskNet(F, D, mode="parallel", num_blocks=2, block_dim=5, reduction_ratio=0.5, hidden=[6, 6], emb_layer_norm=False)
+        MaskNet(
+            F, D, mode="parallel", num_blocks=2, block_dim=5, reduction_ratio=0.5, hidden=[6, 6], emb_layer_norm=False
+        )
         for _ in range(3)
     ]
     st = StackedParallelMaskNet.from_modules(nets)
@@ -76,20 +78,36 @@ def test_stacked_parallel_masknet():
         torch.testing.assert_close(st.mlp[0].weight.grad[k], net.mlp[0].weight.grad.t(), **TOL)
 
 
+@pytest.mark.parametrize("sparse", [True, False])
 @pytest.mark.parametrize("shrink", ["sum", "global_attentive"])
-def test_stacked_hash_codebook(shrink):
+def test_stacked_hash_codebook(shrink, sparse):
+    """Outputs and gradients of the stacked codebooks (interleaved table, fused pair sums and their row-grouped
+    backward) equal the per-branch modules'; 50 buckets for 6 x 6 x 2 lookups leave rows untouched."""
     torch.manual_seed(0)
     F, D = 4, 3
-    hcs = [HashCodebook(F, D, num_buckets=50, shrink=shrink, sparse=True, seed=7) for _ in range(3)]
+    hcs = [HashCodebook(F, D, num_buckets=50, shrink=shrink, sparse=sparse, seed=7) for _ in range(3)]
     st = StackedHashCodebook.from_modules(hcs)
     ids = torch.randint(0, 20, (6, F))
     E = torch.randn(6, F, D)
     _check(hcs, st, (ids, E))
-    rows = st.rows
+    assert st.codebook.weight.grad.is_sparse == sparse
     dense = st.codebook.weight.grad.to_dense()
+    assert (dense == 0).all(1).any()  # some rows untouched
     for k, hc in enumerate(hcs):
-        torch.testing.assert_close(dense[k * rows : (k + 1) * rows], hc.codebook.weight.grad.to_dense(), **TOL)
+        torch.testing.assert_close(st.branch_view(dense, k), hc.codebook.weight.grad.to_dense(), **TOL)
         torch.testing.assert_close(st.restore.weight.grad[k], hc.restore_linear.weight.grad.t(), **TOL)
+
+
+def test_stacked_codebook_loads_the_earlier_row_block_layout():
+    """Checkpoints from before the interleaved table held the branches' codebooks as row blocks."""
+    hcs = [HashCodebook(4, 3, num_buckets=20, seed=1) for _ in range(2)]
+    st = StackedHashCodebook.from_modules(hcs)
+    old = {k: v.clone() for k, v in st.state_dict().items()}
+    old["codebook.weight"] = torch.cat([hc.codebook.weight.detach() for hc in hcs])  # (2 · 20, 3)
+    fresh = StackedHashCodebook.from_modules([HashCodebook(4, 3, num_buckets=20, seed=1) for _ in range(2)])
+    fresh.load_state_dict(old)
+    for k, hc in enumerate(hcs):
+        assert torch.equal(fresh.branch_view(fresh.codebook.weight.detach(), k), hc.codebook.weight.detach())
 
 
 def test_stacked_codebooks_need_the_same_hashes():

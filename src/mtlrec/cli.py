@@ -65,7 +65,15 @@ def train(
         from mtlrec.train.distributed import launch
 
         kwargs = dict(
-            config=config, set_=set_, model=model, seeds=seeds, out=out, resume=resume, overwrite=overwrite, quiet=quiet, nproc=1
+            config=config,
+            set_=set_,
+            model=model,
+            seeds=seeds,
+            out=out,
+            resume=resume,
+            overwrite=overwrite,
+            quiet=quiet,
+            nproc=1,
         )
         launch(nproc, train, kwargs)
         return

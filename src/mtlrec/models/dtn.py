@@ -52,6 +52,7 @@ from mtlrec.data.batches import Batch
 from mtlrec.data.layout import FeatureLayout
 from mtlrec.layers.interactions import GatedCrossNetwork, HashCodebook, MaskNet
 from mtlrec.layers.interactions.stacked import (
+    CrossLookup,
     StackedGatedCross,
     StackedHashCodebook,
     StackedLinear,
@@ -118,7 +119,7 @@ class _MemoNetBranch(nn.Module):
 class StackedBranches(nn.Module):
     """The FI modules of ``n`` branches evaluated together (:mod:`mtlrec.layers.interactions.stacked`): one batched
     product per layer for all branches, one codebook lookup. Built from the per-branch modules above, so the
-    initialisation is theirs; ``forward(h, E, ids)`` returns ``(n, M, B, fi_dim)`` for the ``M`` modules in
+    initialisation is theirs; ``forward(h, E, lookup)`` (``lookup``: :meth:`cross_lookup` of the field values) returns ``(n, M, B, fi_dim)`` for the ``M`` modules in
     ``kinds`` order (the per-branch modules' outputs up to float rounding; tested)."""
 
     def __init__(self, branches: Sequence[nn.ModuleList], kinds: Sequence[str]) -> None:
@@ -137,7 +138,12 @@ class StackedBranches(nn.Module):
             proj = [m.proj for m in mods]
             self.projs[kind] = nn.Identity() if isinstance(proj[0], nn.Identity) else StackedLinear.from_modules(proj)
 
-    def forward(self, h: torch.Tensor, E: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+    def cross_lookup(self, ids: torch.Tensor) -> CrossLookup:
+        """Where ``ids (B, F)``'s cross tokens address the codebooks (the same for every group built with the
+        same hash seed, so DTN computes it once for its task and shared branches)."""
+        return self.nets["memonet"].lookup(ids[:, self.cross_fields])
+
+    def forward(self, h: torch.Tensor, E: torch.Tensor, lookup: CrossLookup | None) -> torch.Tensor:
         outs = []
         for kind in self.kinds:
             if kind == "gdcn":
@@ -145,9 +151,8 @@ class StackedBranches(nn.Module):
             elif kind == "masknet":
                 y = self.nets[kind](E)
             else:
-                assert ids is not None
-                k = self.cross_fields
-                z = self.nets[kind](ids[:, k], E[:, k])
+                assert lookup is not None
+                z = self.nets[kind](lookup, E[:, self.cross_fields])
                 y = torch.cat([z, h.expand(self.num_branches, *h.shape)], -1)
             outs.append(self.projs[kind](y))
         return torch.stack(outs, 1)
@@ -274,6 +279,8 @@ class DTN(MultiTaskModel):
         branches = [nn.ModuleList(make(k) for k in self.fi_modules) for _ in range(n_branches)]
         self.task_branches = StackedBranches(branches[:T], self.fi_modules)
         self.shared_branches = StackedBranches(branches[T:], self.fi_modules) if num_shared else None
+        if "memonet" in self.fi_modules and self.shared_branches is not None:  # one cross lookup serves both
+            assert self.task_branches.nets["memonet"].same_hashes(self.shared_branches.nets["memonet"])
         M = len(self.fi_modules)
         self.num_vectors = N = n_branches * M
         # vector n belongs to branch n // M; branches 0..T-1 are the tasks', the rest shared
@@ -314,7 +321,8 @@ class DTN(MultiTaskModel):
         """``(x, V)``: the normalised flat input and all FI outputs stacked ``(B, N, fi_dim)``, branch-major."""
         h = self.input_norm(x.flat())
         groups = [g for g in (self.task_branches, self.shared_branches) if g is not None]
-        V = torch.cat([g(h, x.fields, x.ids) for g in groups])  # (branches, M, B, fi_dim)
+        lookup = self.task_branches.cross_lookup(x.ids) if x.ids is not None else None
+        V = torch.cat([g(h, x.fields, lookup) for g in groups])  # (branches, M, B, fi_dim)
         return h, V.permute(2, 0, 1, 3).reshape(V.shape[2], -1, V.shape[3])
 
     def task_input(self, t: int, h: torch.Tensor, V: torch.Tensor, coef_t: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.capabilities import EpochStats, OptimizerGroups
 from mtlrec.train import checkpoint as ckpt
 from mtlrec.train import distributed
+from mtlrec.train.allocator import ALLOCATORS, apply_allocator
 from mtlrec.train.device import FiniteFlag, model_device, move_batch, resolve_device, set_tf32
 from mtlrec.train.optim import EMBEDDING_EPS, EMBEDDING_OPTIMIZERS, build_optimizers
 from mtlrec.train.precision import PRECISIONS, autocast, check_precision, grad_scaler
@@ -43,7 +44,9 @@ class TrainConfig:
     matmuls on CUDA. ``embedding_optimizer``: ``adam`` (lazy Adam) or ``adagrad``, for the embedding tables (the
     fused table, the TorchRec tables; sharded TorchRec tables on CPU need ``adagrad``). ``embedding_plan``: how
     the TorchRec backend's tables are sharded over several processes: ``table_wise``, ``column_wise``,
-    ``row_wise`` (CUDA) or ``auto`` (TorchRec's planner). Invalid values raise
+    ``row_wise`` (CUDA) or ``auto`` (TorchRec's planner). ``allocator``: ``reuse`` (keep freed memory for the next
+    step's large tensors instead of paying page faults on fresh ones; :mod:`mtlrec.train.allocator`) or
+    ``system``. Invalid values raise
     :class:`~mtlrec.errors.UserError` naming ``train.<field>`` when the config is built."""
 
     epochs: int = 10
@@ -67,6 +70,7 @@ class TrainConfig:
     tf32: bool = False
     embedding_optimizer: str = "adam"
     embedding_plan: str = "table_wise"
+    allocator: str = "reuse"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -94,6 +98,8 @@ class TrainConfig:
             )
         if self.embedding_plan not in trec.PLANS:
             raise unknown_name("embedding plan", self.embedding_plan, trec.PLANS, where="train.embedding_plan")
+        if self.allocator not in ALLOCATORS:
+            raise unknown_name("allocator", self.allocator, ALLOCATORS, where="train.allocator")
         if self.weighting not in list_weightings():
             raise unknown_name("weighting", self.weighting, list_weightings(), where="train.weighting")
         if not isinstance(self.weighting_params, dict):
@@ -222,7 +228,15 @@ def monitored_value(scores: dict[str, dict[str, float]], task: str, metric: str)
 
 
 # fields of TrainConfig a resume may change: the new value is what the rest of the run uses
-RESUME_MAY_CHANGE = ("epochs", "eval_batch_size", "checkpoint_every", "threads", "progress", "patience")
+RESUME_MAY_CHANGE = (
+    "epochs",
+    "eval_batch_size",
+    "checkpoint_every",
+    "threads",
+    "progress",
+    "patience",
+    "allocator",
+)
 
 
 class Trainer:
@@ -268,6 +282,7 @@ class Trainer:
         self.monitor_task, self.monitor_metric, self.higher_better = resolve_monitor(model, config.monitor)
         if config.threads:
             torch.set_num_threads(config.threads)
+        self.reuses_freed_memory = apply_allocator(config.allocator)
         self.embedding_plan = self._shard_embeddings()
         if self.embedding_plan is not None and self.run_info is not None:
             self.run_info = {**self.run_info, "embedding_plan": self.embedding_plan}

@@ -15,6 +15,7 @@ Every ``forward`` returns ``(n, B, out_dim)``: branch ``k``'s output in row ``k`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -139,18 +140,96 @@ class StackedParallelMaskNet(nn.Module):
         return self.mlp(h)
 
 
+@dataclasses.dataclass
+class CrossLookup:
+    """Where one batch's cross tokens read and write a hashed codebook, for every codebook hashed with the same
+    functions (DTN's task and shared branches share it). ``bags (F·B·M, F - 1)``: the buckets summed into field
+    ``f``'s vector, one bag per ``(f, b, m)``. For the backward, ``rows`` are the touched buckets in increasing
+    order and ``sources`` the bag rows whose gradients each receives, grouped by row (``offsets`` into
+    ``sources``; each lookup of pair ``(i, j)`` feeds bag rows ``i`` and ``j``)."""
+
+    buckets: torch.Tensor  # (B, P, M)
+    bags: torch.Tensor
+    rows: torch.Tensor
+    sources: torch.Tensor
+    offsets: torch.Tensor
+
+    @classmethod
+    def build(cls, buckets: torch.Tensor, field_pairs: torch.Tensor, pairs: torch.Tensor) -> CrossLookup:
+        """From ``buckets (B, P, M)``, ``field_pairs (F, F - 1)`` (the pairs of each field) and ``pairs (P, 2)``."""
+        B, P, M = buckets.shape
+        F = field_pairs.shape[0]
+        bags = buckets.index_select(1, field_pairs.reshape(-1)).view(B, F, F - 1, M)
+        bags = bags.permute(1, 0, 3, 2).reshape(-1, F - 1)  # bag (f, b, m) is row (f·B + b)·M + m
+        ordered, order = buckets.reshape(-1).sort()
+        rows, counts = torch.unique_consecutive(ordered, return_counts=True)
+        b = torch.arange(B, device=buckets.device).view(B, 1, 1)
+        m = torch.arange(M, device=buckets.device).view(1, 1, M)
+        ends = [((pairs[:, k].view(1, P, 1) * B + b) * M + m).reshape(-1).index_select(0, order) for k in (0, 1)]
+        sources = torch.stack(ends, 1).reshape(-1)
+        offsets = torch.zeros_like(counts)
+        offsets[1:] = counts[:-1].cumsum(0) * 2
+        return cls(buckets, bags, rows, sources, offsets)
+
+
+class _PairSumLookup(torch.autograd.Function):
+    """``s[f, b, m] = Σ_{p ∋ f} table[buckets[b, p, m]]``, ``(F, B, M, width)``, as one ``embedding_bag`` over each
+    field's pairs, and its table gradient as one ``embedding_bag`` over the gradient rows each touched bucket
+    receives (:class:`CrossLookup`): the touched rows come out summed and in order, with no ``(P, B, M, width)``
+    gradient of gathered codewords, no scatter into a table-sized buffer and no sort of per-lookup gradients. The
+    gradient is sparse (coalesced) for a sparse table and dense otherwise, as ``nn.Embedding`` gives."""
+
+    @staticmethod
+    def forward(ctx, table, bags, rows, sources, offsets, shape, sparse):  # noqa: ANN001, ANN205 - Function API
+        ctx.save_for_backward(rows, sources, offsets)
+        ctx.table_shape, ctx.sparse = table.shape, sparse
+        return nn.functional.embedding_bag(bags, table, mode="sum").view(*shape, table.shape[1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        rows, sources, offsets = ctx.saved_tensors
+        num_rows, width = ctx.table_shape
+        summed = nn.functional.embedding_bag(sources, grad.reshape(-1, width), offsets, mode="sum")
+        if ctx.sparse:
+            table_grad = torch.sparse_coo_tensor(
+                rows.unsqueeze(0), summed, (num_rows, width), is_coalesced=True, check_invariants=False
+            )
+        else:
+            table_grad = summed.new_zeros(num_rows, width).index_copy_(0, rows, summed)
+        return table_grad, None, None, None, None, None, None
+
+
+def pair_sums(table: torch.Tensor, lookup: CrossLookup, sparse: bool) -> torch.Tensor:
+    """``(F, B, M, width)``: for each field, the sum of its pairs' codewords (rows of ``table``)."""
+    B, _, M = lookup.buckets.shape
+    shape = (lookup.bags.shape[0] // (B * M), B, M)
+    if torch.is_grad_enabled() and table.requires_grad:
+        return _PairSumLookup.apply(table, lookup.bags, lookup.rows, lookup.sources, lookup.offsets, shape, sparse)
+    return nn.functional.embedding_bag(lookup.bags, table, mode="sum").view(*shape, table.shape[1])
+
+
 class StackedHashCodebook(nn.Module):
     """``n`` :class:`HashCodebook` s (linear memory restoring; ``sum`` or ``global_attentive`` shrinking) over the
-    same fields with the same hash functions: one bucket computation, one lookup into the branches' codebooks
-    stacked as row blocks of one sparse table (row ``k · rows + r`` is branch ``k``'s row ``r``)."""
+    same fields with the same hash functions: one bucket computation and one lookup for all branches. The
+    branches' codebooks are interleaved in one table of ``rows`` rows and ``n · code_dim`` columns (row ``r`` holds
+    every branch's codeword ``r``, columns ``k · code_dim …`` branch ``k``'s): a bucket is one contiguous read and
+    one gradient row for all branches (the hashed rows are random, so the number of rows touched, not their width,
+    is what a lookup costs). :meth:`branch_view` gives branch ``k``'s ``(rows, code_dim)`` block of the table or
+    of its gradient."""
 
     def __init__(self, ref: HashCodebook, codebook: nn.Embedding, restore: StackedLinear, gas: nn.Module | None):
         super().__init__()
         self.ref = [ref]  # bucket computation and buffers only (not registered: its parameters are not used)
         self.num_branches = restore.num_branches
-        self.rows = codebook.num_embeddings // self.num_branches
+        self.rows = codebook.num_embeddings
+        self.code_dim = codebook.embedding_dim // self.num_branches
         self.codebook, self.restore, self.gas = codebook, restore, gas
         self.register_buffer("incidence", ref.incidence.clone(), persistent=False)
+        F = ref.num_fields
+        field_pairs = [[p for p in range(ref.num_pairs) if ref.incidence[f, p]] for f in range(F)]
+        self.register_buffer("field_pairs", torch.tensor(field_pairs, dtype=torch.long), persistent=False)
+        self.register_buffer("pairs", torch.stack([ref.left, ref.right], 1), persistent=False)  # (P, 2)
         self.out_dim = ref.out_dim
 
     @classmethod
@@ -160,7 +239,7 @@ class StackedHashCodebook(nn.Module):
             same = torch.equal(hc.coeffs, ref.coeffs) and hc.num_buckets == ref.num_buckets
             if not same or hc.restore != "linear" or hc.shrink_softmax or hc.shrink != ref.shrink:
                 raise ValueError("stacked codebooks need the same hash functions, linear restoring, no shrink softmax")
-        w = torch.cat([hc.codebook.weight.detach() for hc in hcs])
+        w = torch.stack([hc.codebook.weight.detach() for hc in hcs], 1).flatten(1)  # (rows, n · code_dim)
         codebook = nn.Embedding(w.shape[0], w.shape[1], sparse=ref.codebook.sparse, _weight=w.clone())
         restore = StackedLinear.from_modules([hc.restore_linear for hc in hcs])
         gas = None
@@ -168,34 +247,52 @@ class StackedHashCodebook(nn.Module):
             gas = StackedMLP.from_modules([hc.gas for hc in hcs])
         return cls(ref, codebook, restore, gas)
 
-    def forward(self, ids: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
+    def branch_view(self, table: torch.Tensor, k: int) -> torch.Tensor:
+        """Branch ``k``'s ``(rows, code_dim)`` block of ``table`` (the codebook weight or its dense gradient)."""
+        return table.view(self.rows, self.num_branches, self.code_dim)[:, k]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        # checkpoints written before the interleaved layout stacked the branches as row blocks (n · rows, code_dim)
+        key = prefix + "codebook.weight"
+        old = state_dict.get(key)
+        n = self.num_branches
+        if old is not None and old.shape == (n * self.rows, self.code_dim) and n > 1:
+            state_dict[key] = old.view(n, self.rows, self.code_dim).transpose(0, 1).reshape(self.rows, -1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def lookup(self, ids: torch.Tensor) -> CrossLookup:
+        """The :class:`CrossLookup` of ``ids (B, F)``: pass it to every stacked codebook with these hashes."""
+        buckets = self.ref[0].buckets(ids)
+        with torch.no_grad():
+            return CrossLookup.build(buckets, self.field_pairs, self.pairs)
+
+    def same_hashes(self, other: StackedHashCodebook) -> bool:
+        a, b = self.ref[0], other.ref[0]
+        return torch.equal(a.coeffs, b.coeffs) and a.num_buckets == b.num_buckets and a.num_fields == b.num_fields
+
+    def forward(self, ids: torch.Tensor | CrossLookup, E: torch.Tensor) -> torch.Tensor:
+        """``(n, B, out_dim)`` from the field values ``ids (B, F)`` or their :meth:`lookup`."""
+        lookup = ids if isinstance(ids, CrossLookup) else self.lookup(ids)
         n, B = self.num_branches, E.shape[0]
-        buckets = self.ref[0].buckets(ids)  # (B, P, M), the same for every branch
         if self.gas is None:
-            return self._forward_sum(buckets, n, B)
-        offsets = torch.arange(n, device=buckets.device).view(n, 1, 1, 1) * self.rows
-        codes = self.codebook(buckets.unsqueeze(0) + offsets).flatten(3)  # (n, B, P, M · code_dim)
-        P = codes.shape[2]
-        v = self.restore(codes.view(n, B * P, -1)).view(n, B, P, -1)
-        if self.gas is None:
-            z = torch.einsum("fp,nbpd->nbfd", self.incidence, v)
-        else:
-            weights = self.gas(E.flatten(1)).unsqueeze(2) * self.incidence  # (n, B, F, P)
-            z = torch.einsum("nbfp,nbpd->nbfd", weights, v)
+            return self._forward_sum(lookup, n, B)
+        codes = self.codebook(lookup.buckets)  # (B, P, M, n · code_dim)
+        P, M = codes.shape[1], codes.shape[2]
+        codes = codes.view(B, P, M, n, -1).permute(3, 0, 1, 2, 4).reshape(n, B * P, -1)
+        v = self.restore(codes).view(n, B, P, -1)
+        weights = self.gas(E.flatten(1)).unsqueeze(2) * self.incidence  # (n, B, F, P)
+        z = torch.einsum("nbfp,nbpd->nbfd", weights, v)
         return z.reshape(n, B, -1)
 
-    def _forward_sum(self, buckets: torch.Tensor, n: int, B: int) -> torch.Tensor:
+    def _forward_sum(self, lookup: CrossLookup, n: int, B: int) -> torch.Tensor:
         """Sum shrinking with linear restoring, shrink first: ``z_f = Σ_{p∋f} W_r c_p = W_r Σ_{p∋f} c_p`` (both
-        maps are linear, so they commute; equal up to float rounding). The codewords are gathered pair-major,
-        ``(P, n·B·M·code_dim)``, so the shrink is one ``(F, P)`` incidence product and the restoring map runs on
-        ``F`` vectors per row instead of ``P`` (325 vs 26 on the throughput config): no ``(n, B, P, ·)`` products
-        or permuted copies, the largest cost of DTN before."""
-        P = buckets.shape[1]
-        offsets = torch.arange(n, device=buckets.device).view(1, n, 1, 1) * self.rows
-        codes = self.codebook(buckets.permute(1, 0, 2).unsqueeze(1) + offsets)  # (P, n, B, M, code_dim)
-        # in the codebook's precision even under autocast: a cast of the (P, ·) block costs more than the product
-        with torch.autocast(codes.device.type, enabled=False):
-            s = self.incidence.to(codes.dtype) @ codes.view(P, -1)  # (F, n·B·M·code_dim)
-        F = s.shape[0]
-        s = s.view(F, n, B, -1).permute(1, 2, 0, 3).reshape(n, B * F, -1)  # (n, B·F, M·code_dim)
+        maps are linear, so they commute; equal up to float rounding). The shrink is one ``embedding_bag`` over
+        each field's pairs (:func:`pair_sums`), so the ``P`` codewords per row are never materialised, and the
+        restoring map runs on ``F`` vectors per row instead of ``P`` (26 vs 325 on the throughput config)."""
+        table = self.codebook.weight
+        # in the codebook's precision even under autocast: the sums are gathers, not products worth casting
+        with torch.autocast(table.device.type, enabled=False):
+            s = pair_sums(table, lookup, self.codebook.sparse)
+        F, M = s.shape[0], s.shape[2]
+        s = s.view(F, B, M, n, -1).permute(3, 1, 0, 2, 4).reshape(n, B * F, -1)  # (n, B·F, M·code_dim)
         return self.restore(s).view(n, B, -1)
