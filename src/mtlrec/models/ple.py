@@ -73,6 +73,9 @@ class ExtractionLevel(nn.Module):
             [torch.arange(num_tasks).repeat_interleave(num_specific), torch.full((num_shared,), num_tasks)]
         )
         self.register_buffer("expert_branch", group, persistent=False)
+        # one expert per branch (the default sizes): the stacked branches are the experts' inputs as they are, with
+        # no gathered copy (and no zero-filled buffer for its gradient)
+        self.one_expert_per_branch = torch.equal(group, torch.arange(self.num_experts))
 
     def forward(
         self, task_inputs: Sequence[torch.Tensor], shared_input: torch.Tensor
@@ -82,7 +85,9 @@ class ExtractionLevel(nn.Module):
             experts = self.experts(shared_input)  # one GEMM for every expert of the level
         else:
             branches = torch.stack([*task_inputs, shared_input])  # (T+1, B, d)
-            experts = self.experts(branches.index_select(0, self.expert_branch))  # (n, B, d) → one baddbmm
+            if not self.one_expert_per_branch:
+                branches = branches.index_select(0, self.expert_branch)
+            experts = self.experts(branches)  # (n, B, d) → one baddbmm
         m, ts = self.num_specific, self.num_tasks * self.num_specific
         shared = experts[ts:]
         outputs = []

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mtlrec.layers.autocast import to_autocast
 from mtlrec.layers.interactions.gdcn import GatedCrossNetwork
 from mtlrec.layers.interactions.masknet import MaskBlock, MaskNet
 from mtlrec.layers.interactions.memonet import HashCodebook
@@ -28,6 +29,11 @@ from mtlrec.layers.interactions.memonet import HashCodebook
 
 def _stack(tensors: Sequence[torch.Tensor]) -> nn.Parameter:
     return nn.Parameter(torch.stack([t.detach() for t in tensors]).clone())
+
+
+def to_autocast_like(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``p`` in ``x``'s dtype when that is a lower precision (``x`` cast by :func:`to_autocast`), else ``p``."""
+    return p.to(x.dtype) if x.dtype != p.dtype else p
 
 
 def _shared(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -99,9 +105,13 @@ class StackedGatedCross(nn.Module):
         return cls(weight.detach().clone(), bias.detach().clone())
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        # under autocast the input, weights and biases are cast once, so the layers' elementwise gating stays in
+        # the low precision (no cast back to fp32 after every product and again before the next); fp32: unchanged
+        x0 = to_autocast(x0)
         d = x0.shape[-1]
         x = _shared(x0, self.weight.shape[1])
-        for w, b in zip(self.weight, self.bias, strict=True):
+        weight, bias = to_autocast_like(self.weight, x0), to_autocast_like(self.bias, x0)
+        for w, b in zip(weight, bias, strict=True):
             cross, gate = torch.bmm(x, w).split(d, -1)
             x = x0 * (cross + b) * torch.sigmoid(gate) + x
         return x
