@@ -37,6 +37,7 @@ inference, DeepCTR-Torch's ``predict()`` at batch 8192 against mtlrec's fastest 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -117,22 +118,28 @@ def build_model(name: str, data, numeric_mode: str):
     )
 
 
+def warm_up(step, batches, warmup: int) -> None:
+    for _ in range(warmup):
+        step(next(batches))
+
+
+def timed_run(step, batches, steps: int) -> float:
+    """samples/s of ``steps`` calls of ``step(batch)``."""
+    gc.collect()
+    t0 = time.perf_counter()
+    seen = 0
+    for _ in range(steps):
+        b = next(batches)
+        step(b)
+        seen += len(b)
+    return seen / (time.perf_counter() - t0)
+
+
 def time_runs(step, batches, warmup: int, runs: int, steps_per_run: int, batch_size: int) -> list[float]:
     """samples/s of ``runs`` timed runs of ``steps_per_run`` calls of ``step(batch)`` after ``warmup`` calls."""
     it = iter(batches)
-    for _ in range(warmup):
-        step(next(it))
-    out = []
-    for _ in range(runs):
-        gc.collect()
-        t0 = time.perf_counter()
-        seen = 0
-        for _ in range(steps_per_run):
-            b = next(it)
-            step(b)
-            seen += len(b)
-        out.append(seen / (time.perf_counter() - t0))
-    return out
+    warm_up(step, it, warmup)
+    return [timed_run(step, it, steps_per_run) for _ in range(runs)]
 
 
 def endless(iterator_factory):
@@ -142,7 +149,18 @@ def endless(iterator_factory):
         epoch += 1
 
 
-def bench_train(name: str, data, precision: str, args) -> dict[str, Any]:
+@dataclasses.dataclass
+class TrainSetup:
+    """One (model, precision) training row: its trainer, endless batches and matmul GFLOP per step."""
+
+    name: str
+    precision: str
+    trainer: Any
+    batches: Any
+    gflop: float
+
+
+def setup_train(name: str, data, precision: str, args) -> TrainSetup:
     import torch
 
     from mtlrec.data.batches import BatchIterator
@@ -155,16 +173,47 @@ def bench_train(name: str, data, precision: str, args) -> dict[str, Any]:
     torch.manual_seed(0)
     it = BatchIterator(data, args.batch_size, shuffle=True, seed=0, drop_last=True)
     gflop = train_gflop(trainer, next(iter(it.epoch(0))))
-    batches = endless(it.epoch)
-    runs = time_runs(trainer.train_step, batches, args.warmup, args.runs, args.steps_per_run, args.batch_size)
-    row = _row(name, "train", precision, args.batch_size, runs)
-    row["gflop_per_sample"] = round(gflop / args.batch_size, 6)
-    row["achieved_gflop_s"] = round(gflop / args.batch_size * row["samples_per_s"], 2)
+    return TrainSetup(name, precision, trainer, endless(it.epoch), gflop)
+
+
+def train_row(setup: TrainSetup, runs: list[float], args) -> dict[str, Any]:
+    row = _row(setup.name, "train", setup.precision, args.batch_size, runs)
+    row["gflop_per_sample"] = round(setup.gflop / args.batch_size, 6)
+    row["achieved_gflop_s"] = round(setup.gflop / args.batch_size * row["samples_per_s"], 2)
     if args.profile:
-        row["top_ops"] = top_ops(trainer.train_step, batches, args.profile)
+        row["top_ops"] = top_ops(setup.trainer.train_step, setup.batches, args.profile)
         ops = "; ".join(f"{o['op']} {100 * o['share']:.1f}%" for o in row["top_ops"])
-        print(f"# {name} {precision} top ops (self CPU): {ops}", file=sys.stderr)
+        print(f"# {setup.name} {setup.precision} top ops (self CPU): {ops}", file=sys.stderr)
     return row
+
+
+def bench_train(name: str, data, precision: str, args) -> dict[str, Any]:
+    setup = setup_train(name, data, precision, args)
+    step = setup.trainer.train_step
+    return train_row(setup, time_runs(step, setup.batches, args.warmup, args.runs, args.steps_per_run, 0), args)
+
+
+def bench_train_interleaved(names: list[str], precisions: list[str], data, args) -> dict[tuple[str, str], Any]:
+    """Every (model, precision) training row timed round-robin: run ``r`` of every row before run ``r + 1`` of
+    any, so a machine that speeds up or slows down during the benchmark (other tenants of a VM host) moves every
+    row alike and the ratios between rows (efficiency vs MMoE, bf16 vs fp32) stay fair. All trainers live at once.
+    A row that cannot run maps to its exception."""
+    setups: dict[tuple[str, str], Any] = {}
+    for name in names:
+        for prec in precisions:
+            try:
+                setups[(name, prec)] = setup_train(name, data, prec, args)
+                s = setups[(name, prec)]
+                warm_up(s.trainer.train_step, s.batches, args.warmup)
+            except Exception as e:  # noqa: BLE001 - reported as the row's error
+                setups[(name, prec)] = e
+    runs: dict[tuple[str, str], list[float]] = {k: [] for k, s in setups.items() if isinstance(s, TrainSetup)}
+    for r in range(args.runs):
+        for key in runs:
+            s = setups[key]
+            runs[key].append(timed_run(s.trainer.train_step, s.batches, args.steps_per_run))
+        print(f"# interleaved run {r + 1}/{args.runs} done", file=sys.stderr)
+    return {k: train_row(s, runs[k], args) if isinstance(s, TrainSetup) else s for k, s in setups.items()}
 
 
 def top_ops(step, batches, n: int, steps: int = 3) -> list[dict[str, Any]]:
@@ -538,6 +587,11 @@ def main() -> None:
     p.add_argument("--numeric-mode", default="dense", choices=["dense", "embed"])
     p.add_argument("--no-infer", action="store_true")
     p.add_argument("--no-train", action="store_true", help="inference rows only (and DeepCTR-Torch predict)")
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="time the training rows round-robin (run r of every row before run r+1 of any; all trainers at once)",
+    )
     p.add_argument("--profile", type=int, default=0, help="record the top N operators of 3 training steps per row")
     p.add_argument("--peers", action="store_true", help="also run torch-rechub and DeepCTR-Torch (separate venv)")
     p.add_argument("--peers-venv", default=None)
@@ -585,11 +639,17 @@ def main() -> None:
         print(f"# {prec} GEMM 2048^3 on {args.threads} threads: {rate:.0f} GFLOP/s", file=sys.stderr)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     workdir = Path(tempfile.mkdtemp(prefix="mtlrec_throughput_"))
+    interleaved = {}
+    if args.interleave and not args.no_train:
+        interleaved = bench_train_interleaved(parse_models(args.models, ["mmoe"]), precisions, data, args)
     for name in parse_models(args.models, ["mmoe"]):
         for prec in precisions:
             try:
                 if not args.no_train:
-                    rows.append(bench_train(name, data, prec, args))
+                    row = interleaved.get((name, prec)) or bench_train(name, data, prec, args)
+                    if isinstance(row, Exception):
+                        raise row
+                    rows.append(row)
                 if not args.no_infer and "eager" in engines:
                     rows.append(bench_infer(name, data, prec, args))
             except Exception as e:  # a model that cannot run this config is reported, not fatal
