@@ -170,3 +170,21 @@ def test_stacked_gated_cross_stays_in_bf16_under_autocast_and_close_to_fp32():
     (got.float() * g).sum().backward()
     assert _rel(got.float(), ref) < 2e-2
     assert _rel(x.grad, ref_grads[0]) < 3e-2 and _rel(st.weight.grad, ref_grads[1]) < 3e-2
+
+
+def test_dephn_tower_inputs_are_assembled_in_bf16_under_autocast(tiny_bundle):
+    """DEPHN hands its towers bf16 inputs under autocast (no cast of the whole concatenation per tower) that
+    match the fp32 tower inputs to bf16 rounding; in fp32 the backbone is what it was."""
+    from mtlrec.data.batches import BatchIterator
+    from mtlrec.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("dephn", tiny_bundle, embedding_dim=4, num_dnn_experts=2, dnn_hidden=[8]).eval()
+    batch = next(iter(BatchIterator(tiny_bundle.train, 64, shuffle=False).epoch(0)))
+    with torch.no_grad():
+        ref = model.backbone(model.embed(batch))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.backbone(model.embed(batch))
+    assert all(z.dtype == torch.float32 for z in ref)
+    assert all(z.dtype == torch.bfloat16 for z in low)
+    assert all(_rel(a, b) < 2e-2 for a, b in zip(low, ref, strict=True))

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mtlrec.data.layout import FeatureLayout
+from mtlrec.layers.autocast import to_autocast
 from mtlrec.layers.experts import BatchedExperts
 from mtlrec.layers.gates import Gate, ValueGate
 from mtlrec.layers.interactions.cross import CrossNetwork
@@ -289,14 +290,16 @@ class HeterogeneousMTL(MultiTaskModel):
         P = len(self.mapping_names)
         out = []
         for t in range(len(self.tasks)):
-            g = self.gates[t](gate_in)  # (1 or B, K_total·P)
+            # under autocast the tower input is assembled in bf16 (the tower's first product would cast it whole):
+            # the gates are cast before gating the bf16 expert blocks, the private outputs one by one; fp32: as is
+            g = to_autocast(self.gates[t](gate_in))  # (1 or B, K_total·P)
             parts, start = [], 0
             for blk in blocks:
                 k = blk.shape[1]
                 gk = g[:, start : start + k * P].reshape(g.shape[0], k, P, 1)
                 parts.append((gk * blk).flatten(1))
                 start += k * P
-            parts += [self._run(kind, m, inputs) for kind, m in self.private[t].items()]
+            parts += [to_autocast(self._run(kind, m, inputs)) for kind, m in self.private[t].items()]
             out.append(torch.cat(parts, 1))
         return out
 
