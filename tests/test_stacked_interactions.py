@@ -137,3 +137,18 @@ def test_dtn_stacked_branches_equal_the_per_branch_modules(tiny_bundle_reg, monk
     ref = torch.stack([m(h, x.fields, x.ids) for branch in branches for m in branch], 1)
     torch.testing.assert_close(V, ref, **TOL)
     assert len(branches) == len(model.tasks) + model.num_shared
+
+
+def test_cross_lookup_skips_the_backward_under_no_grad():
+    """Scoring builds only the forward addressing; the output is the same as with autograd on."""
+    torch.manual_seed(0)
+    st = StackedHashCodebook.from_modules([HashCodebook(5, 3, num_buckets=40, seed=2) for _ in range(2)])
+    ids = torch.randint(0, 30, (8, 5))
+    E = torch.randn(8, 5, 3)
+    with torch.no_grad():
+        lookup = st.lookup(ids)
+        scored = st(ids, E)
+    assert lookup.rows is None and lookup.sources is None
+    torch.testing.assert_close(scored, st(ids, E).detach(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="without its backward"):
+        st(lookup, E)

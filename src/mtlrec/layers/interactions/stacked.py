@@ -160,17 +160,22 @@ class CrossLookup:
 
     buckets: torch.Tensor  # (B, P, M)
     bags: torch.Tensor
-    rows: torch.Tensor
-    sources: torch.Tensor
-    offsets: torch.Tensor
+    rows: torch.Tensor | None = None  # the backward's fields: None when built without autograd
+    sources: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None
 
     @classmethod
-    def build(cls, buckets: torch.Tensor, field_pairs: torch.Tensor, pairs: torch.Tensor) -> CrossLookup:
-        """From ``buckets (B, P, M)``, ``field_pairs (F, F - 1)`` (the pairs of each field) and ``pairs (P, 2)``."""
+    def build(
+        cls, buckets: torch.Tensor, field_pairs: torch.Tensor, pairs: torch.Tensor, *, backward: bool = True
+    ) -> CrossLookup:
+        """From ``buckets (B, P, M)``, ``field_pairs (F, F - 1)`` (the pairs of each field) and ``pairs (P, 2)``;
+        ``backward=False`` skips the backward's fields (evaluation, scoring)."""
         B, P, M = buckets.shape
         F = field_pairs.shape[0]
         bags = buckets.index_select(1, field_pairs.reshape(-1)).view(B, F, F - 1, M)
         bags = bags.permute(1, 0, 3, 2).reshape(-1, F - 1)  # bag (f, b, m) is row (f·B + b)·M + m
+        if not backward:
+            return cls(buckets, bags)
         ordered, order = buckets.reshape(-1).sort()
         rows, counts = torch.unique_consecutive(ordered, return_counts=True)
         b = torch.arange(B, device=buckets.device).view(B, 1, 1)
@@ -215,6 +220,8 @@ def pair_sums(table: torch.Tensor, lookup: CrossLookup, sparse: bool) -> torch.T
     B, _, M = lookup.buckets.shape
     shape = (lookup.bags.shape[0] // (B * M), B, M)
     if torch.is_grad_enabled() and table.requires_grad:
+        if lookup.rows is None:
+            raise ValueError("this CrossLookup was built without its backward (under no_grad): build it with grad on")
         return _PairSumLookup.apply(table, lookup.bags, lookup.rows, lookup.sources, lookup.offsets, shape, sparse)
     return nn.functional.embedding_bag(lookup.bags, table, mode="sum").view(*shape, table.shape[1])
 
@@ -272,9 +279,10 @@ class StackedHashCodebook(nn.Module):
 
     def lookup(self, ids: torch.Tensor) -> CrossLookup:
         """The :class:`CrossLookup` of ``ids (B, F)``: pass it to every stacked codebook with these hashes."""
+        backward = torch.is_grad_enabled()  # evaluation and scoring need no backward addressing
         buckets = self.ref[0].buckets(ids)
         with torch.no_grad():
-            return CrossLookup.build(buckets, self.field_pairs, self.pairs)
+            return CrossLookup.build(buckets, self.field_pairs, self.pairs, backward=backward)
 
     def same_hashes(self, other: StackedHashCodebook) -> bool:
         a, b = self.ref[0], other.ref[0]
