@@ -188,3 +188,26 @@ def test_dephn_tower_inputs_are_assembled_in_bf16_under_autocast(tiny_bundle):
     assert all(z.dtype == torch.float32 for z in ref)
     assert all(z.dtype == torch.bfloat16 for z in low)
     assert all(_rel(a, b) < 2e-2 for a, b in zip(low, ref, strict=True))
+
+
+@pytest.mark.parametrize("column_major", [True, False])
+def test_layout_keeping_baddbmm_matches_autograd_and_keeps_the_input_layout(column_major):
+    """The experts' low-precision layers: outputs and gradients as torch.baddbmm's (fp32 here, to rounding), and
+    a column-major input gets a column-major gradient (no re-layout copy before the first layer's backward)."""
+    from mtlrec.layers.experts import _LayoutKeepingBaddbmm
+
+    torch.manual_seed(0)
+    n, B, h, k = 3, 16, 8, 5
+    base = torch.randn(n, h, B) if column_major else torch.randn(n, B, h)
+    x = (base.transpose(1, 2) if column_major else base).detach().requires_grad_(True)
+    w = torch.randn(n, h, k, requires_grad=True)
+    b = torch.randn(n, 1, k, requires_grad=True)
+    g = torch.randn(n, B, k)
+    got = _LayoutKeepingBaddbmm.apply(b, x, w)
+    grads = torch.autograd.grad((got * g).sum(), (b, x, w))
+    ref = torch.baddbmm(b, x, w)
+    ref_grads = torch.autograd.grad((ref * g).sum(), (b, x, w))
+    torch.testing.assert_close(got, ref)
+    for a, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
+    assert (grads[1].stride(-2) == 1) == column_major
