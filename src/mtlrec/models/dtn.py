@@ -119,8 +119,9 @@ class _MemoNetBranch(nn.Module):
 class StackedBranches(nn.Module):
     """The FI modules of ``n`` branches evaluated together (:mod:`mtlrec.layers.interactions.stacked`): one batched
     product per layer for all branches, one codebook lookup. Built from the per-branch modules above, so the
-    initialisation is theirs; ``forward(h, E, lookup)`` (``lookup``: :meth:`cross_lookup` of the field values) returns ``(n, M, B, fi_dim)`` for the ``M`` modules in
-    ``kinds`` order (the per-branch modules' outputs up to float rounding; tested)."""
+    initialisation is theirs; ``forward(h, E, lookup)`` (``lookup``: :meth:`cross_lookup` of the field values)
+    returns ``(n, M, B, fi_dim)`` for the ``M`` modules in ``kinds`` order (the per-branch modules' outputs up to
+    float rounding; tested)."""
 
     def __init__(self, branches: Sequence[nn.ModuleList], kinds: Sequence[str]) -> None:
         super().__init__()
