@@ -31,11 +31,6 @@ def _stack(tensors: Sequence[torch.Tensor]) -> nn.Parameter:
     return nn.Parameter(torch.stack([t.detach() for t in tensors]).clone())
 
 
-def to_autocast_like(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``p`` in ``x``'s dtype when that is a lower precision (``x`` cast by :func:`to_autocast`), else ``p``."""
-    return p.to(x.dtype) if x.dtype != p.dtype else p
-
-
 def _shared(x: torch.Tensor, n: int) -> torch.Tensor:
     """``(B, d)`` seen by every branch as ``(n, B, d)`` (a view; ``(n, B, d)`` passes through)."""
     return x.expand(n, *x.shape) if x.dim() == 2 else x
@@ -110,7 +105,7 @@ class StackedGatedCross(nn.Module):
         x0 = to_autocast(x0)
         d = x0.shape[-1]
         x = _shared(x0, self.weight.shape[1])
-        weight, bias = to_autocast_like(self.weight, x0), to_autocast_like(self.bias, x0)
+        weight, bias = self.weight.to(x0.dtype), self.bias.to(x0.dtype)  # the parameters themselves in fp32
         for w, b in zip(weight, bias, strict=True):
             cross, gate = torch.bmm(x, w).split(d, -1)
             x = x0 * (cross + b) * torch.sigmoid(gate) + x
