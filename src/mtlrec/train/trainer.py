@@ -282,7 +282,7 @@ class Trainer:
         self.monitor_task, self.monitor_metric, self.higher_better = resolve_monitor(model, config.monitor)
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.reuses_freed_memory = apply_allocator(config.allocator)
+        apply_allocator(config.allocator)
         self.embedding_plan = self._shard_embeddings()
         if self.embedding_plan is not None and self.run_info is not None:
             self.run_info = {**self.run_info, "embedding_plan": self.embedding_plan}
