@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from mtlrec.layers import aligned
+
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -40,7 +42,7 @@ class MLP(nn.Sequential):
         layers: list[nn.Module] = []
         d = input_dim
         for h in hidden:
-            layers.append(nn.Linear(d, h))
+            layers.append(aligned.Linear(d, h))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
             layers.append(activation(activation_name))
@@ -48,7 +50,7 @@ class MLP(nn.Sequential):
                 layers.append(nn.Dropout(dropout))
             d = h
         if output_dim is not None:
-            layers.append(nn.Linear(d, output_dim))
+            layers.append(aligned.Linear(d, output_dim))
             d = output_dim
         super().__init__(*layers)
         self.output_dim = d

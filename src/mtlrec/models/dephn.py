@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mtlrec.data.layout import FeatureLayout
+from mtlrec.layers import aligned
 from mtlrec.layers.autocast import to_autocast
 from mtlrec.layers.experts import BatchedExperts
 from mtlrec.layers.gates import Gate, ValueGate
@@ -84,7 +85,7 @@ class PHNBlock(nn.Module):
         self.fint = FINT(num_fields, dim, num_layers=fint_layers)
         self.dnn = MLP(flat_dim, dnn_hidden, activation_name=activation)
         self.lam = nn.Parameter(torch.full((3,), 1.0 / 3.0))
-        self.dnn_skip = nn.Linear(flat_dim, self.dnn.output_dim, bias=False) if residual == "skip" else None
+        self.dnn_skip = aligned.Linear(flat_dim, self.dnn.output_dim, bias=False) if residual == "skip" else None
         self.output_dim = 2 * flat_dim - dense_dim + self.dnn.output_dim
 
     def forward(self, fields: torch.Tensor, dense: torch.Tensor | None) -> torch.Tensor:

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from mtlrec.layers import aligned
+
 
 class CrossNetwork(nn.Module):
     """Explicit bounded-degree feature crossing over ``x0 (B, d)``; output ``(B, d)``.
@@ -72,7 +74,7 @@ class CrossNetwork(nn.Module):
         if self.variant == "v1":
             return x0 * (x @ self.w[layer]).unsqueeze(-1) + b + x
         if self.low_rank is None:
-            return x0 * (x @ self.W[layer].T + b) + x
+            return x0 * (aligned.matmul(x, self.W[layer].T) + b) + x
         U, V = self.U[layer], self.V[layer]
         if self.num_experts == 1:
             return x0 * ((x @ V[0]) @ U[0].T + b) + x

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mtlrec.layers import aligned
 from mtlrec.layers.autocast import to_autocast
 from mtlrec.layers.interactions.gdcn import GatedCrossNetwork
 from mtlrec.layers.interactions.masknet import MaskBlock, MaskNet
@@ -58,7 +59,7 @@ class StackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _shared(x, self.num_branches)
-        return torch.bmm(x, self.weight) if self.bias is None else torch.baddbmm(self.bias, x, self.weight)
+        return aligned.matmul(x, self.weight) if self.bias is None else aligned.baddbmm(self.bias, x, self.weight)
 
 
 class StackedMLP(nn.Sequential):
@@ -107,7 +108,7 @@ class StackedGatedCross(nn.Module):
         x = _shared(x0, self.weight.shape[1])
         weight, bias = self.weight.to(x0.dtype), self.bias.to(x0.dtype)  # the parameters themselves in fp32
         for w, b in zip(weight, bias, strict=True):
-            cross, gate = torch.bmm(x, w).split(d, -1)
+            cross, gate = aligned.matmul(x, w).split(d, -1)
             x = x0 * (cross + b) * torch.sigmoid(gate) + x
         return x
 
