@@ -149,3 +149,26 @@ def test_memonet_field_list_validated(tiny_bundle):
         create_model("dtn", tiny_bundle, memonet_fields=["user", "nope"], **SMALL)
     with pytest.raises(ValueError, match="at least two"):
         create_model("dtn", tiny_bundle, memonet_fields=["user"], **SMALL)
+
+
+@pytest.mark.parametrize("opts", [{}, {"combine": "concat"}, {"gate_from": "input"}])
+def test_task_input_is_the_gated_sum_of_scaled_fi_outputs(opts, tiny_bundle):
+    """GN + combination (module docstring): z_t = Σ_{S_t} a_F c_F F (+ or ‖) Σ_{O_t} b_F c_F F, with a and b two
+    softmaxes of the per-vector logits over the task's own and the other vectors, c the TSN scales."""
+    seed_everything(0)
+    model = create_model("dtn", tiny_bundle, **{**SMALL, **opts})
+    h, V = model.fi_outputs(model.embed(_batch(tiny_bundle)))
+    coef = torch.rand(V.shape[0], V.shape[1]) + 0.5
+    for t in range(len(model.tasks)):
+        if model.gate_from == "fi_output":
+            w, b = model.gate_weight[t], model.gate_bias[t]
+            logits = torch.relu(torch.einsum("bnd,nd->bn", V, w) * coef + b)
+        else:
+            logits = model.gate_input(h)[:, t * model.num_vectors : (t + 1) * model.num_vectors]
+        own = model.self_mask[t]
+        a = torch.softmax(logits.masked_fill(~own, float("-inf")), -1)
+        o = torch.softmax(logits.masked_fill(own, float("-inf")), -1)
+        scaled = coef.unsqueeze(-1) * V
+        z_self, z_other = torch.einsum("bn,bnd->bd", a, scaled), torch.einsum("bn,bnd->bd", o, scaled)
+        expected = z_self + z_other if model.combine == "sum" else torch.cat([z_self, z_other], 1)
+        torch.testing.assert_close(model.task_input(t, h, V, coef), expected)
