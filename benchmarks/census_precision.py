@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         print("this CPU has neither avx512_bf16 nor AMX: bf16 would be emulated, so fp32 alone is reported")
     models = [m.strip() for m in args.models.split(",")] if args.models else MODELS
     args.models = ",".join(f"{m}@{prec}" for m in models for prec in precisions)
-    out, args.out = args.out, str(default_out(NAME + "_grid"))
+    out = args.out
+    # the harness JSON beside the results, so a run written elsewhere leaves the committed files alone
+    grid = Path(out).with_name(Path(out).stem + "_grid.json") if out else default_out(NAME + "_grid")
+    args.out = str(grid)
     run = run_bench_script(args, NAME)
     per_precision = cell_rows(run)
     rows = compare(per_precision.get("fp32", {}), per_precision.get("bf16", {}))

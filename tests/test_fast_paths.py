@@ -211,3 +211,25 @@ def test_layout_keeping_baddbmm_matches_autograd_and_keeps_the_input_layout(colu
     for a, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
     assert (grads[1].stride(-2) == 1) == column_major
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_gate_mix_backward_is_autograds_einsum_bit_for_bit(layout):
+    from mtlrec.layers.gates import _Mix, mix
+
+    torch.manual_seed(0)
+    n, batch, h = 3, 256, 64
+    weights = torch.softmax(torch.randn(batch, n + 1), -1)[:, 1:]  # a column slice, as PLE's gates pass them
+    # PLE's experts arrive as an (n, B, h) view of a (B, n·h) product
+    experts = torch.randn(n, batch, h) if layout == "contiguous" else torch.randn(batch, n, h).transpose(0, 1)
+    grad = torch.randn(batch, h)
+    results = []
+    for fn in (lambda w, e: torch.einsum("bn,nbh->bh", w, e), _Mix.apply):
+        w, e = weights.clone().requires_grad_(True), experts.clone().requires_grad_(True)
+        out = fn(w, e)
+        out.backward(grad)
+        results.append((out, w.grad, e.grad))
+    for ref, new in zip(*results, strict=True):
+        assert torch.equal(ref, new)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mix(weights, experts.bfloat16()).dtype == torch.bfloat16  # the plain einsum under autocast

@@ -44,9 +44,41 @@ class Gate(nn.Module):
         return w
 
 
+class _Mix(torch.autograd.Function):
+    """``einsum("bn,nbh->bh")`` whose backward forms ``∂L/∂experts`` as the broadcast product ``w_bn · g_bh``.
+
+    Autograd's einsum backward computes that gradient as ``B`` rank-1 matrix products ``(n, 1) @ (1, h)`` over a
+    strided view, about 1 GFLOP/s; each element is the single product ``w · g`` either way, so the values are the
+    same bits. ``∂L/∂weights`` is autograd's own einsum.
+    """
+
+    @staticmethod
+    def forward(ctx, weights, experts):  # noqa: ANN001, ANN205 - autograd.Function signature
+        ctx.save_for_backward(weights, experts)
+        return torch.einsum("bn,nbh->bh", weights, experts)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        weights, experts = ctx.saved_tensors
+        need_w, need_e = ctx.needs_input_grad
+        grad_w = torch.einsum("bh,nbh->bn", grad, experts) if need_w else None
+        grad_e = weights.t().unsqueeze(-1) * grad.unsqueeze(0) if need_e else None
+        return grad_w, grad_e
+
+
 def mix(weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     """Weighted sum of expert outputs: ``weights (B, n)``, ``experts (n, B, h)`` → ``(B, h)``."""
-    return torch.einsum("bn,nbh->bh", weights, experts)
+    plain = (
+        experts.shape[0] == 1  # einsum then multiplies elementwise, no rank-1 products to avoid
+        or weights.dtype != experts.dtype
+        or torch.is_autocast_enabled(experts.device.type)
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+    )
+    if plain:  # autocast's casts and export graphs as they were
+        return torch.einsum("bn,nbh->bh", weights, experts)
+    return _Mix.apply(weights, experts)
 
 
 def mix_each(weights: torch.Tensor, experts: list[torch.Tensor]) -> torch.Tensor:

@@ -22,7 +22,10 @@ class _AttentionLayer(nn.Module):
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         b, f, _ = e.shape
         q, k, v = self.qkv(e).view(b, f, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, F, d')
-        att = softmax(q @ k.transpose(-1, -2) * self.scale, dim=-1)  # AutoInt eq. 5-6 (fp32 under autocast)
+        scores = q @ k.transpose(-1, -2)
+        if self.scale != 1.0:  # AutoInt does not scale: skip a (B, H, F, F) product by one and its backward
+            scores = scores * self.scale
+        att = softmax(scores, dim=-1)  # AutoInt eq. 5-6 (fp32 under autocast)
         out = (att @ v).transpose(1, 2).reshape(b, f, -1)  # eq. 7: concat heads
         if self.res is not None:
             out = out + self.res(e)  # eq. 8: ReLU(e^~ + W_res e)
