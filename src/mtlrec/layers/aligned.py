@@ -32,10 +32,19 @@ def _needs_alignment(*widths: int) -> bool:
     return any(w % ALIGN and w >= 64 for w in widths)
 
 
+def capturing_graph() -> bool:
+    """True while tracing, scripting, exporting or compiling: the fast paths built on custom autograd Functions
+    step aside for the plain operators there."""
+    return (
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+    )
+
+
 def _eager_fp32(*tensors: torch.Tensor) -> bool:
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return False
-    if torch.compiler.is_compiling():
+    if capturing_graph():
         return False
     t = tensors[0]
     if t.device.type != "cpu" or torch.is_autocast_enabled(t.device.type):
@@ -138,7 +147,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def baddbmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``torch.baddbmm(bias, a, b)`` for ``bias (n, 1, N)`` with 64-byte aligned output and ``∂L/∂a`` rows where
     the widths need it (fp32, eager)."""
-    if _eager_fp32(bias, a, b) and _needs_alignment(a.shape[-1], b.shape[-1]):
+    row_bias = bias.dim() == 3 and bias.shape[1] == 1  # the shape whose gradient the Function sums
+    if row_bias and _eager_fp32(bias, a, b) and _needs_alignment(a.shape[-1], b.shape[-1]):
         return _AlignedBaddbmm.apply(bias, a, b)
     return torch.baddbmm(bias, a, b)
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mtlrec.layers.aligned import capturing_graph
 from mtlrec.layers.mlp import MLP
 
 
@@ -72,9 +73,7 @@ def mix(weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         experts.shape[0] == 1  # einsum then multiplies elementwise, no rank-1 products to avoid
         or weights.dtype != experts.dtype
         or torch.is_autocast_enabled(experts.device.type)
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.onnx.is_in_onnx_export()
+        or capturing_graph()
     )
     if plain:  # autocast's casts and export graphs as they were
         return torch.einsum("bn,nbh->bh", weights, experts)

@@ -50,7 +50,6 @@ from torch import nn
 
 from mtlrec.data.batches import Batch
 from mtlrec.data.layout import FeatureLayout
-from mtlrec.layers import aligned
 from mtlrec.layers.interactions import GatedCrossNetwork, HashCodebook, MaskNet
 from mtlrec.layers.interactions.stacked import (
     CrossLookup,
@@ -294,7 +293,7 @@ class DTN(MultiTaskModel):
             self.gate_weight = nn.Parameter(torch.empty(T, N, fi_dim).uniform_(-(fi_dim**-0.5), fi_dim**-0.5))
             self.gate_bias = nn.Parameter(torch.zeros(T, N))
         else:
-            self.gate_input = aligned.Linear(d, T * N)
+            self.gate_input = nn.Linear(d, T * N)
         self.last_gates: dict[str, torch.Tensor] = {}  # task → (B, N) gate weights of the last forward
         self.last_tsn: dict[str, torch.Tensor] = {}
         self.build_towers(fi_dim * (2 if combine == "concat" else 1))
