@@ -88,14 +88,16 @@ class ExtractionLevel(nn.Module):
             if not self.one_expert_per_branch:
                 branches = branches.index_select(0, self.expert_branch)
             experts = self.experts(branches)  # (n, B, d) → one baddbmm
-        m, ts = self.num_specific, self.num_tasks * self.num_specific
-        shared = experts[ts:]
+        m, T = self.num_specific, self.num_tasks
+        # split, not sliced: the gradients of the parts meet in one concatenation, where every slice would
+        # back-propagate through its own zero-filled (n, B, h) buffer
+        *specific, shared = experts.split([m] * T + [self.num_shared])
         outputs = []
         for k, (gate, x) in enumerate(zip(self.task_gates, task_inputs, strict=True)):
             w = gate(x)
             out = mix(w[:, m:], shared) if self.num_shared else 0.0
             if m:
-                out = out + mix(w[:, :m], experts[k * m : (k + 1) * m])
+                out = out + mix(w[:, :m], specific[k])
             outputs.append(out)
         shared_out = mix(self.shared_gate(shared_input), experts) if self.shared_gate is not None else None
         return outputs, shared_out
