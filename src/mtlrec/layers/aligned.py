@@ -85,21 +85,23 @@ class _AlignedLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-class _AlignedMatmul(torch.autograd.Function):
-    """``a @ b`` (``mm`` or ``bmm``) in fp32; the output and ``∂L/∂a`` in padded rows (``∂L/∂b`` as autograd)."""
+class _AlignedProduct(torch.autograd.Function):
+    """``a @ b`` (``mm`` or ``bmm``), or ``baddbmm(bias, a, b)`` with a row bias ``(n, 1, N)``, in fp32; the output
+    and ``∂L/∂a`` in padded rows, ``∂L/∂b`` and ``∂L/∂bias`` as autograd forms them."""
 
     @staticmethod
-    def forward(ctx, a, b):  # noqa: ANN001, ANN205
+    def forward(ctx, a, b, bias):  # noqa: ANN001, ANN205
         ctx.save_for_backward(a, b)
-        return _mm_into_padded(a, b)
+        return _mm_into_padded(a, b, bias)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         a, b = ctx.saved_tensors
-        need_a, need_b = ctx.needs_input_grad
+        need_a, need_b, need_bias = ctx.needs_input_grad
         grad_a = _mm_into_padded(grad, b.transpose(-2, -1)) if need_a else None
         grad_b = _weight_grad(a, grad, b) if need_b else None
-        return grad_a, grad_b
+        grad_bias = grad.sum(1, keepdim=True) if need_bias else None
+        return grad_a, grad_b, grad_bias
 
 
 def _weight_grad(a: torch.Tensor, grad: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -109,24 +111,6 @@ def _weight_grad(a: torch.Tensor, grad: torch.Tensor, b: torch.Tensor) -> torch.
     if b.stride(0) == 1 and b.stride(1) == b.shape[0]:
         return grad.t().mm(a).t()
     return a.t().mm(grad)
-
-
-class _AlignedBaddbmm(torch.autograd.Function):
-    """``baddbmm(bias, a, b)`` with ``bias (n, 1, N)``; the output and ``∂L/∂a`` in padded rows."""
-
-    @staticmethod
-    def forward(ctx, bias, a, b):  # noqa: ANN001, ANN205
-        ctx.save_for_backward(a, b)
-        return _mm_into_padded(a, b, bias)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        a, b = ctx.saved_tensors
-        need_bias, need_a, need_b = ctx.needs_input_grad
-        grad_bias = grad.sum(1, keepdim=True) if need_bias else None
-        grad_a = _mm_into_padded(grad, b.transpose(1, 2)) if need_a else None
-        grad_b = _weight_grad(a, grad, b) if need_b else None
-        return grad_bias, grad_a, grad_b
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -140,7 +124,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for two 2-D or two 3-D operands (``mm`` / ``bmm``) with 64-byte aligned output and ``∂L/∂a`` rows
     where the widths need it (fp32, eager)."""
     if a.dim() == b.dim() in (2, 3) and _eager_fp32(a, b) and _needs_alignment(a.shape[-1], b.shape[-1]):
-        return _AlignedMatmul.apply(a, b)
+        return _AlignedProduct.apply(a, b, None)
     return a @ b
 
 
@@ -149,7 +133,7 @@ def baddbmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     the widths need it (fp32, eager)."""
     row_bias = bias.dim() == 3 and bias.shape[1] == 1  # the shape whose gradient the Function sums
     if row_bias and _eager_fp32(bias, a, b) and _needs_alignment(a.shape[-1], b.shape[-1]):
-        return _AlignedBaddbmm.apply(bias, a, b)
+        return _AlignedProduct.apply(a, b, bias)
     return torch.baddbmm(bias, a, b)
 
 

@@ -6,8 +6,9 @@ dozens of small matrix products and, for MemoNet, one hashed-codebook lookup and
 The classes here hold the ``n`` copies' parameters stacked on a leading branch axis and compute all branches with
 one ``bmm``/``baddbmm`` per layer (GDCN's cross and gate weights of a layer are one product), one codebook lookup
 (the branches' codebooks interleaved in one table, each hashed row holding every branch's codeword, addressed by
-one :class:`CrossLookup` that several stacked codebooks with the same hashes share) and one sparse gradient. Each is built ``from_modules`` of the per-branch modules, so its initialisation is exactly theirs, and
-computes the same function up to float rounding (``tests/test_stacked_interactions.py`` compares outputs and
+one :class:`CrossLookup` that several stacked codebooks with the same hashes share) and one sparse gradient. Each
+is built ``from_modules`` of the per-branch modules, so its initialisation is exactly theirs, and computes the
+same function up to float rounding (``tests/test_stacked_interactions.py`` compares outputs and
 gradients with the per-branch modules).
 
 Every ``forward`` returns ``(n, B, out_dim)``: branch ``k``'s output in row ``k``.
