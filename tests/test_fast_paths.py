@@ -233,3 +233,34 @@ def test_gate_mix_backward_is_autograds_einsum_bit_for_bit(layout):
         assert torch.equal(ref, new)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert mix(weights, experts.bfloat16()).dtype == torch.bfloat16  # the plain einsum under autocast
+
+
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_mix_groups_matches_separate_mixes_and_their_gradients(broadcast):
+    """PLE's fused level mix: every branch's output and the gradients of the experts and of every gate's weights
+    equal autograd through one einsum mix per branch (fp32 rounding: the sums run in another order)."""
+    from mtlrec.layers.gates import mix, mix_groups
+
+    torch.manual_seed(0)
+    batch, h = 64, 24
+    experts = torch.randn(batch, 4, h).transpose(0, 1)  # (n, B, h) view of a (B, n·h) product, as at level 1
+    groups = [(0, 3), (1, 2, 3), (0, 1, 2, 3)]
+    weights = [torch.softmax(torch.randn(1 if broadcast else batch, len(g)), -1) for g in groups]
+    grad = torch.randn(len(groups), batch, h)
+    results = []
+    for fused in (False, True):
+        e = experts.clone().requires_grad_(True)
+        ws = [w.clone().requires_grad_(True) for w in weights]
+        if fused:
+            out = mix_groups(ws, e, groups)
+        else:
+            out = torch.stack([mix(w.expand(batch, -1), e[list(g)]) for w, g in zip(ws, groups, strict=True)])
+        out.backward(grad)
+        results.append((out, e.grad, *(w.grad for w in ws)))
+    for ref, new in zip(*results, strict=True):
+        assert new.shape == ref.shape
+        torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = mix_groups(weights, experts.bfloat16(), groups)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), results[1][0], rtol=2e-2, atol=2e-2)

@@ -80,6 +80,74 @@ def mix(weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     return _Mix.apply(weights, experts)
 
 
+class _MixGroups(torch.autograd.Function):
+    """:func:`mix_groups` with the outputs written into one ``(R, B, h)`` tensor and ``∂L/∂experts`` formed in one
+    ``(n, B, h)`` buffer: autograd's version of the same sums concatenates one gradient per expert slice and adds
+    one per reading branch (three copies of the level's ``(n, B, h)`` block per PLE level), and its ``n = 1`` mixes
+    go through einsum's broadcast products over ``(B, h, 1)`` views."""
+
+    @staticmethod
+    def forward(ctx, experts, groups, *weights):  # noqa: ANN001, ANN205 - autograd.Function signature
+        out = experts.new_empty(len(groups), *experts.shape[1:])
+        for r, (idx, w) in enumerate(zip(groups, weights, strict=True)):
+            torch.mul(experts[idx[0]], w[:, :1], out=out[r])
+            for j in range(1, len(idx)):
+                out[r].addcmul_(experts[idx[j]], w[:, j : j + 1])
+        ctx.groups = groups
+        ctx.save_for_backward(experts, *weights)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        experts, *weights = ctx.saved_tensors
+        grad_e = torch.empty_like(experts, memory_format=torch.contiguous_format) if ctx.needs_input_grad[0] else None
+        written: set[int] = set()  # an expert's first gradient term is written, the others added: no zero fill
+        grad_w = []
+        for r, (idx, w) in enumerate(zip(ctx.groups, weights, strict=True)):
+            if grad_e is not None:
+                for j, i in enumerate(idx):
+                    if i in written:
+                        grad_e[i].addcmul_(grad[r], w[:, j : j + 1])
+                    else:
+                        torch.mul(grad[r], w[:, j : j + 1], out=grad_e[i])
+                        written.add(i)
+            if ctx.needs_input_grad[2 + r]:
+                gw = torch.stack([torch.linalg.vecdot(grad[r], experts[i]) for i in idx], 1)
+                grad_w.append(gw.sum(0, keepdim=True) if w.shape[0] == 1 < gw.shape[0] else gw)
+            else:
+                grad_w.append(None)
+        if grad_e is not None:
+            for i in set(range(len(grad_e))) - written:  # an expert no gate reads
+                grad_e[i].zero_()
+        return grad_e, None, *grad_w
+
+
+def mix_groups(weights: Sequence[torch.Tensor], experts: torch.Tensor, groups: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Several :func:`mix` of subsets of one expert block at once: output ``r`` is
+    ``Σ_j weights[r][:, j] · experts[groups[r][j]]``, for ``weights[r]`` of shape ``(B or 1, len(groups[r]))`` and
+    ``experts (n, B, h)``; returns ``(len(groups), B, h)``, i.e. the branches stacked as the next layer of experts
+    reads them. PLE's extraction levels: each task gate mixes its own and the shared experts, the shared gate all.
+
+    Example::
+
+        >>> e = torch.randn(3, 4, 2)  # experts: task 0, task 1, shared
+        >>> w = [torch.softmax(torch.randn(4, 2), -1), torch.softmax(torch.randn(4, 3), -1)]
+        >>> out = mix_groups(w, e, [(0, 2), (0, 1, 2)])
+        >>> torch.allclose(out[1], mix(w[1], e))
+        True
+    """
+    groups = tuple(tuple(g) for g in groups)
+    if (
+        capturing_graph()
+        or any(w.dtype != experts.dtype for w in weights)
+        and not torch.is_autocast_enabled(experts.device.type)
+    ):
+        return torch.stack([mix(w, experts[list(idx)]) for w, idx in zip(weights, groups, strict=True)])
+    # under autocast the weights are cast as autocast casts einsum's operands
+    return _MixGroups.apply(experts, groups, *(w.to(experts.dtype) for w in weights))
+
+
 def mix_each(weights: torch.Tensor, experts: list[torch.Tensor]) -> torch.Tensor:
     """:func:`mix` of expert outputs given as a list of ``n`` ``(B, h)`` tensors
     (:meth:`~mtlrec.layers.experts.BatchedExperts.each`): ``Σ_i weights[:, i] · experts[i]``."""

@@ -16,7 +16,7 @@ from torch import nn
 from mtlrec.data.layout import FeatureLayout
 from mtlrec.layers.autocast import to_autocast
 from mtlrec.layers.experts import BatchedExperts
-from mtlrec.layers.gates import Gate, mix
+from mtlrec.layers.gates import Gate, mix_groups
 from mtlrec.models.base import EmbeddedInputs, MultiTaskModel
 from mtlrec.models.registry import register_model
 from mtlrec.schema import TaskSpec
@@ -25,15 +25,17 @@ from mtlrec.schema import TaskSpec
 class ExtractionLevel(nn.Module):
     """One CGC / PLE extraction level (PLE eqs. 2-5).
 
-    ``forward(task_inputs, shared_input)`` takes one ``(B, d)`` input per task branch plus the shared branch's
-    input (all the same tensor at the first level) and returns ``(task_outputs, shared_output)``:
+    ``forward(branches)`` takes the branches' inputs stacked, ``(T+1, B, d)`` (task branches ``x_k``, then the
+    shared input), or one ``(B, d)`` input read by every branch (the first level), and returns the branch outputs
+    stacked the same way (the next level's input):
 
     * task ``k``: ``g^k = w^k(x_k) S^k`` with ``w^k(x) = softmax(W_g^k x)`` over its own ``m_k`` experts followed by
       the ``m_s`` shared experts (eqs. 2-4); the selector ``x_k`` is the branch's input (PLE eq. 5);
     * shared branch (only with ``shared_gate=True``, i.e. every level but the last): a gate over ALL
-      ``T·m_k + m_s`` experts of the level, selector = the shared input; ``shared_output`` is ``None`` without it.
+      ``T·m_k + m_s`` experts of the level, selector = the shared input; without it the output is ``(T, B, h)``.
 
-    Task-``k`` experts take ``x_k``; shared experts take the shared input.
+    Task-``k`` experts take ``x_k``; shared experts take the shared input. All gates' mixes are one
+    :func:`~mtlrec.layers.gates.mix_groups` over the level's expert block.
     """
 
     def __init__(
@@ -76,31 +78,27 @@ class ExtractionLevel(nn.Module):
         # one expert per branch (the default sizes): the stacked branches are the experts' inputs as they are, with
         # no gathered copy (and no zero-filled buffer for its gradient)
         self.one_expert_per_branch = torch.equal(group, torch.arange(self.num_experts))
+        # the experts each gate mixes: task k's own, then the shared ones; the shared gate all of them
+        shared = list(range(num_tasks * num_specific, self.num_experts))
+        self.groups = [list(range(k * num_specific, (k + 1) * num_specific)) + shared for k in range(num_tasks)]
+        if shared_gate:
+            self.groups.append(list(range(self.num_experts)))
 
-    def forward(
-        self, task_inputs: Sequence[torch.Tensor], shared_input: torch.Tensor
-    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        same = all(x is shared_input for x in task_inputs)
-        if same:
-            experts = self.experts(shared_input)  # one GEMM for every expert of the level
+    def forward(self, branches: torch.Tensor) -> torch.Tensor:
+        """``branches``: ``(B, d)`` when every branch reads the same input (level 1), else ``(T+1, B, d)`` (task
+        branches, then the shared one). Returns the level's branch outputs stacked, ``(T+1, B, h)`` with the shared
+        gate, ``(T, B, h)`` without."""
+        T = self.num_tasks
+        if branches.dim() == 2:
+            experts = self.experts(branches)  # one GEMM for every expert of the level
+            selectors = [branches] * (T + 1)
         else:
-            branches = torch.stack([*task_inputs, shared_input])  # (T+1, B, d)
-            if not self.one_expert_per_branch:
-                branches = branches.index_select(0, self.expert_branch)
-            experts = self.experts(branches)  # (n, B, d) → one baddbmm
-        m, T = self.num_specific, self.num_tasks
-        # split, not sliced: the gradients of the parts meet in one concatenation, where every slice would
-        # back-propagate through its own zero-filled (n, B, h) buffer
-        *specific, shared = experts.split([m] * T + [self.num_shared])
-        outputs = []
-        for k, (gate, x) in enumerate(zip(self.task_gates, task_inputs, strict=True)):
-            w = gate(x)
-            out = mix(w[:, m:], shared) if self.num_shared else 0.0
-            if m:
-                out = out + mix(w[:, :m], specific[k])
-            outputs.append(out)
-        shared_out = mix(self.shared_gate(shared_input), experts) if self.shared_gate is not None else None
-        return outputs, shared_out
+            stacked = branches if self.one_expert_per_branch else branches.index_select(0, self.expert_branch)
+            experts = self.experts(stacked)  # (n, B, h) → one baddbmm
+            selectors = list(branches.unbind(0))
+        gates = [*self.task_gates, *([self.shared_gate] if self.shared_gate is not None else [])]
+        weights = [gate(x) for gate, x in zip(gates, selectors[: len(gates)], strict=True)]
+        return mix_groups(weights, experts, self.groups)
 
 
 class _ExtractionNetwork(MultiTaskModel):
@@ -142,12 +140,10 @@ class _ExtractionNetwork(MultiTaskModel):
         self.build_towers(d)
 
     def backbone(self, inputs: EmbeddedInputs) -> list[torch.Tensor]:
-        x = to_autocast(inputs.flat())  # read by every gate and expert of level 1: cast once under autocast
-        task_x: list[torch.Tensor] = [x] * len(self.tasks)
-        shared_x: torch.Tensor | None = x
+        branches = to_autocast(inputs.flat())  # read by every gate and expert of level 1: cast once under autocast
         for level in self.levels:
-            task_x, shared_x = level(task_x, shared_x)
-        return task_x
+            branches = level(branches)
+        return list(branches.unbind(0))
 
 
 @register_model("ple", family="multi_task_baseline", paper="Tang et al., RecSys'20 (PLE), eqs. 2-6")
