@@ -120,8 +120,8 @@ class StackedBranches(nn.Module):
     """The FI modules of ``n`` branches evaluated together (:mod:`mtlrec.layers.interactions.stacked`): one batched
     product per layer for all branches, one codebook lookup. Built from the per-branch modules above, so the
     initialisation is theirs; ``forward(h, E, lookup)`` (``lookup``: :meth:`cross_lookup` of the field values)
-    returns ``(n, M, B, fi_dim)`` for the ``M`` modules in ``kinds`` order (the per-branch modules' outputs up to
-    float rounding; tested)."""
+    returns one ``(n, B, fi_dim)`` per module, in ``kinds`` order (the per-branch modules' outputs up to float
+    rounding; tested)."""
 
     def __init__(self, branches: Sequence[nn.ModuleList], kinds: Sequence[str]) -> None:
         super().__init__()
@@ -144,7 +144,7 @@ class StackedBranches(nn.Module):
         same hash seed, so DTN computes it once for its task and shared branches)."""
         return self.nets["memonet"].lookup(ids[:, self.cross_fields])
 
-    def forward(self, h: torch.Tensor, E: torch.Tensor, lookup: CrossLookup | None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, E: torch.Tensor, lookup: CrossLookup | None) -> list[torch.Tensor]:
         outs = []
         for kind in self.kinds:
             if kind == "gdcn":
@@ -156,7 +156,7 @@ class StackedBranches(nn.Module):
                 z = self.nets[kind](lookup, E[:, self.cross_fields])
                 y = torch.cat([z, h.expand(self.num_branches, *h.shape)], -1)
             outs.append(self.projs[kind](y))
-        return torch.stack(outs, 1)
+        return outs
 
 
 def parse_tsn(spec: str | Sequence[str] | Sequence[tuple[int, int]], task_names: list[str]) -> list[tuple[int, int]]:
@@ -323,9 +323,13 @@ class DTN(MultiTaskModel):
         h = self.input_norm(x.flat())
         groups = [g for g in (self.task_branches, self.shared_branches) if g is not None]
         lookup = self.task_branches.cross_lookup(x.ids) if x.ids is not None else None
-        V = torch.cat([g(h, x.fields, lookup) for g in groups])  # (branches, M, B, fi_dim)
-        # one copy into (B, N, fi_dim) order: every task's gating products then read contiguous (N, fi_dim) blocks
-        return h, V.permute(2, 0, 1, 3).reshape(V.shape[2], -1, V.shape[3]).contiguous()
+        # every (B, fi_dim) output stacked straight into (B, N, fi_dim) order, branch-major: one copy, after which
+        # every task's gating products read contiguous (N, fi_dim) blocks
+        vectors = []
+        for group in groups:
+            per_kind = [y.unbind(0) for y in group(h, x.fields, lookup)]
+            vectors += [v for branch in zip(*per_kind, strict=True) for v in branch]
+        return h, torch.stack(vectors, 1)
 
     def task_input(self, t: int, h: torch.Tensor, V: torch.Tensor, coef_t: torch.Tensor) -> torch.Tensor:
         """Tower input of task ``t`` from ``V`` and the TSN scales ``coef_t (B, N)``."""
