@@ -64,22 +64,25 @@ class CrossNetwork(nn.Module):
                 self.gates = nn.ModuleList(nn.Linear(d, e, bias=False) for _ in range(n))
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        # each layer's parameters as unbind views: unbind's backward stacks the layers' gradients once, where
+        # indexing the stacked parameters zero-fills a gradient of the full stack for every layer
+        per_layer = {name: p.unbind(0) for name, p in self.named_parameters(recurse=False)}
         x = x0
         for layer in range(self.num_layers):
-            x = self._layer(layer, x0, x)
+            x = self._layer(layer, {name: p[layer] for name, p in per_layer.items()}, x0, x)
         return x
 
-    def _layer(self, layer: int, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        b = self.bias[layer]
+    def _layer(self, layer: int, p: dict[str, torch.Tensor], x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        b = p["bias"]
         if self.variant == "v1":
-            return x0 * (x @ self.w[layer]).unsqueeze(-1) + b + x
+            return x0 * (x @ p["w"]).unsqueeze(-1) + b + x
         if self.low_rank is None:
-            return x0 * (aligned.matmul(x, self.W[layer].T) + b) + x
-        U, V = self.U[layer], self.V[layer]
+            return x0 * (aligned.matmul(x, p["W"].T) + b) + x
+        U, V = p["U"], p["V"]
         if self.num_experts == 1:
             return x0 * ((x @ V[0]) @ U[0].T + b) + x
         z = torch.tanh(torch.einsum("bd,edr->ber", x, V))
-        z = torch.tanh(torch.einsum("ber,ers->bes", z, self.C[layer]))
+        z = torch.tanh(torch.einsum("ber,ers->bes", z, p["C"]))
         experts = x0.unsqueeze(1) * (torch.einsum("bes,eds->bed", z, U) + b)  # (B, E, d)
         g = torch.softmax(self.gates[layer](x), dim=-1)  # (B, E)
         return torch.einsum("be,bed->bd", g, experts) + x

@@ -40,6 +40,6 @@ class FINT(nn.Module):
         v0 = v.reshape(F, B * D)
         W, U = self.W.reshape(L * F, F), self.U.reshape(L * F, 1)
         scales = torch.addmm(U, W, v0).view(L, F, B, D)  # W^l V^0 + U^l for every layer
-        for layer in range(L):
-            v = v * scales[layer]
+        for layer_scales in scales.unbind(0):  # unbind: its backward stacks, where indexing zero-fills per layer
+            v = v * layer_scales
         return v.transpose(0, 1)
