@@ -114,7 +114,8 @@ class _MixGroups(torch.autograd.Function):
                         written.add(i)
             if ctx.needs_input_grad[2 + r]:
                 gw = torch.stack([torch.linalg.vecdot(grad[r], experts[i]) for i in idx], 1)
-                grad_w.append(gw.sum(0, keepdim=True) if w.shape[0] == 1 < gw.shape[0] else gw)
+                broadcast = w.shape[0] == 1 and gw.shape[0] > 1  # one weight row for the whole batch
+                grad_w.append(gw.sum(0, keepdim=True) if broadcast else gw)
             else:
                 grad_w.append(None)
         if grad_e is not None:
@@ -138,11 +139,9 @@ def mix_groups(weights: Sequence[torch.Tensor], experts: torch.Tensor, groups: S
         True
     """
     groups = tuple(tuple(g) for g in groups)
-    if (
-        capturing_graph()
-        or any(w.dtype != experts.dtype for w in weights)
-        and not torch.is_autocast_enabled(experts.device.type)
-    ):
+    autocasting = torch.is_autocast_enabled(experts.device.type)
+    mixed_dtypes = any(w.dtype != experts.dtype for w in weights)
+    if capturing_graph() or (mixed_dtypes and not autocasting):
         return torch.stack([mix(w, experts[list(idx)]) for w, idx in zip(weights, groups, strict=True)])
     # under autocast the weights are cast as autocast casts einsum's operands
     return _MixGroups.apply(experts, groups, *(w.to(experts.dtype) for w in weights))
