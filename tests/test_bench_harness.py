@@ -84,6 +84,25 @@ def test_a_rerun_skips_finished_cells_and_refuses_changed_settings(tmp_path: Pat
     assert redo.ran == 4 and redo.complete
 
 
+def test_a_ledger_carries_finished_cells_to_a_fresh_out_folder(tmp_path: Path):
+    cells = plan_grid(prepare_config(TINY, overrides=["train.epochs=1"]))
+    ledger = tmp_path / "committed" / "grid.jsonl"
+    first = run_grid(cells[:3], tmp_path / "machine1", ledger=ledger, echo=_quiet)  # a session ends after 3 cells
+    assert first.ran == 3 and len(ledger.read_text().splitlines()) == 3
+    lines = []
+    second = run_grid(cells, tmp_path / "machine2", ledger=ledger, echo=lines.append)  # a new machine: no out folder
+    assert second.ran == 1 and second.skipped == 3 and second.complete
+    assert any("3 finished cells taken from the ledger" in line for line in lines)
+    assert [r["test"] for r in second.rows[:3]] == [r["test"] for r in first.rows]
+    assert len((tmp_path / "machine2" / "results.jsonl").read_text().splitlines()) == 4
+    # a call planning fewer cells keeps the others' rows in the ledger; other settings are not taken from it
+    run_grid(cells[:1], tmp_path / "machine3", ledger=ledger, echo=_quiet)
+    assert len(ledger.read_text().splitlines()) == 4
+    changed = plan_grid(prepare_config(TINY, overrides=["train.lr=0.01", "train.epochs=1"]))
+    redo = run_grid(changed[:1], tmp_path / "machine4", ledger=ledger, echo=_quiet)
+    assert redo.ran == 1
+
+
 def test_an_interrupted_cell_continues_from_last_pt_to_the_uninterrupted_result(tmp_path: Path, monkeypatch):
     cfg = prepare_config(TINY, overrides=["seeds=[0]", "train.epochs=2"])
     cells = plan_grid(cfg, models=["mmoe"])

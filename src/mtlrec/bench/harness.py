@@ -4,7 +4,9 @@ The out folder holds one run folder per cell (``[<dataset>/]<label>/seed<k>/``: 
 ``last.pt``, ``best.pt``, ``log.jsonl``, ``result.json``) and ``results.jsonl``, one row per finished cell (``status``
 ``ok`` or ``failed`` with its message), rewritten atomically after every cell. A rerun skips the cells recorded
 ``ok`` with the same settings (their ``fingerprint``), retries failed ones, and continues an interrupted cell from
-its ``last.pt`` (``Trainer.resume``), so a long protocol can be spread over sessions and machines.
+its ``last.pt`` (``Trainer.resume``), so a long protocol can be spread over sessions and machines. A ledger file
+(:class:`Ledger`, a copy of ``results.jsonl`` kept elsewhere, e.g. committed with the results) is read at the start,
+its finished cells counting as done, and rewritten after every cell: a fresh machine continues the grid from it.
 """
 
 from __future__ import annotations
@@ -142,7 +144,11 @@ def _worker(cell: Cell) -> dict[str, Any]:
 
 def read_results(out: Path) -> dict[str, dict[str, Any]]:
     """The recorded rows of an out folder, by cell key (the last row of a key wins)."""
-    path = out / RESULTS
+    return read_rows(out / RESULTS)
+
+
+def read_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """The rows of a results file (``results.jsonl`` or a ledger), by cell key (the last row of a key wins)."""
     rows: dict[str, dict[str, Any]] = {}
     if path.exists():
         for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -157,7 +163,38 @@ def read_results(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_results(out: Path, rows: dict[str, dict[str, Any]]) -> None:
-    atomic_write_text(out / RESULTS, "".join(json.dumps(r, default=json_default) + "\n" for r in rows.values()))
+    write_results_file(out / RESULTS, rows)
+
+
+def write_results_file(path: Path, rows: dict[str, dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, default=json_default) + "\n" for r in rows.values()))
+
+
+class Ledger:
+    """A copy of a grid's ``results.jsonl`` kept outside its out folder (e.g. committed beside the results JSON).
+    Its finished rows of planned cells with the same settings count as done; it is rewritten with every recorded
+    row, keeping the rows of cells this call does not plan (another ``--models`` or ``--seeds``)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows = read_rows(self.path) if self.path.exists() else {}
+
+    def merge_into(self, recorded: dict[str, dict[str, Any]], cells: list[Cell]) -> int:
+        """Add the finished rows of ``cells`` (same fingerprint) that ``recorded`` lacks as finished; their count."""
+        added = 0
+        for cell in cells:
+            row, mine = self.rows.get(cell.key), recorded.get(cell.key)
+            if row is None or row.get("status") != "ok" or row.get("fingerprint") != cell.fingerprint():
+                continue
+            if mine is None or mine.get("status") != "ok":
+                recorded[cell.key] = row
+                added += 1
+        return added
+
+    def write(self, recorded: dict[str, dict[str, Any]]) -> None:
+        self.rows.update(recorded)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_results_file(self.path, self.rows)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -220,14 +257,24 @@ def run_grid(
     jobs: int = 1,
     threads: int | None = None,
     redo_changed: bool = False,
+    ledger: str | Path | None = None,
     echo: Callable[[str], None] = print,
     on_update: Callable[[GridResult], None] | None = None,
 ) -> GridResult:
-    """Run the cells not yet recorded in ``out`` (``jobs`` forked worker processes, ``threads`` torch threads
-    each), recording each finished cell atomically and calling ``on_update`` after it (and once at the start)."""
+    """Run the cells not yet recorded in ``out`` or the ``ledger`` (``jobs`` forked worker processes, ``threads``
+    torch threads each), recording each finished cell atomically (in ``out`` and the ledger) and calling
+    ``on_update`` after it (and once at the start)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     recorded, todo = plan_status(cells, out, redo_changed=redo_changed)
+    book = Ledger(ledger) if ledger else None
+    if book is not None:
+        imported = book.merge_into(recorded, cells)
+        todo = [c for c in todo if recorded.get(c.key, {}).get("status") != "ok"]
+        write_results(out, recorded)
+        book.write(recorded)
+        if imported:
+            echo(f"grid: {imported} finished cells taken from the ledger {book.path}")
     keys = [c.key for c in cells]
     skipped = len(cells) - len(todo)
     t0 = time.perf_counter()
@@ -257,6 +304,8 @@ def run_grid(
         ran += 1
         recorded[row["key"]] = row
         write_results(out, recorded)
+        if book is not None:
+            book.write(recorded)
         elapsed = time.perf_counter() - t0
         eta = elapsed / ran * (len(todo) - ran)
         echo(f"[{skipped + ran}/{len(cells)}] {cell_line(row)} | elapsed {_fmt_time(elapsed)}, ETA {_fmt_time(eta)}")

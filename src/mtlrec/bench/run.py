@@ -141,13 +141,15 @@ def run_bench(
     quick: bool = False,
     overrides: list[str] | None = None,
     redo_changed: bool = False,
+    ledger: str | Path | None = None,
     command: str | None = None,
     reference: str | Callable[[str], str | None] | None = None,
     echo: Callable[[str], None] = print,
     prepared: bool = False,
 ) -> BenchRun:
     """Plan, run (resumably) and summarise a benchmark config; the JSON goes to ``<out>/bench.json`` and, when
-    given, ``json_out``, rewritten after every cell. Returns the payload and the exit code to use. ``prepared``:
+    given, ``json_out``, rewritten after every cell; ``ledger``: a results file read at the start and rewritten
+    after every cell (:class:`mtlrec.bench.harness.Ledger`). Returns the payload and the exit code to use. ``prepared``:
     ``config`` is a dict already through :func:`prepare_config` (quick settings merged, overrides applied)."""
     cfg = config if prepared else prepare_config(config, overrides=overrides, quick=quick)
     seed_list = parse_seeds(seeds) if isinstance(seeds, str) or seeds is None else list(seeds)
@@ -164,7 +166,9 @@ def run_bench(
         for p in paths:
             atomic_write_json(p, state["payload"])
 
-    result = run_grid(cells, out, jobs=jobs, threads=threads, redo_changed=redo_changed, echo=echo, on_update=write)
+    result = run_grid(
+        cells, out, jobs=jobs, threads=threads, redo_changed=redo_changed, ledger=ledger, echo=echo, on_update=write
+    )
     write(result)
     echo("\n" + markdown_report(state["payload"]))
     echo("wrote " + ", ".join(str(p) for p in paths))

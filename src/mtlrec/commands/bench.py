@@ -18,6 +18,11 @@ def bench(
     json_out: Path | None = typer.Option(None, "--json", help="Also write the results JSON here"),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a config key: --set train.epochs=3"),
     redo_changed: bool = typer.Option(False, help="Rerun cells recorded with other settings instead of refusing"),
+    ledger: Path | None = typer.Option(
+        None,
+        help="A copy of the finished cells' rows kept outside the out folder (commit it): read at the start, its "
+        "cells counting as done, and rewritten after every cell, so a fresh machine continues the grid",
+    ),
 ) -> None:
     """Run a benchmark grid resumably: a rerun skips finished cells and continues interrupted ones.
 
@@ -30,6 +35,8 @@ def bench(
       mtlrec bench configs/bench/census_income.yaml --jobs 2 --threads 1
 
       mtlrec bench configs/bench/census_income.yaml --quick --models mmoe,single_task --seeds 0,1
+
+      mtlrec bench configs/bench/claims_census.yaml --jobs 2 --threads 1 --ledger benchmarks/results/grids/claims_census.jsonl
     """
     from mtlrec.bench.run import run_bench
 
@@ -44,6 +51,7 @@ def bench(
         quick=quick,
         overrides=list(set_),
         redo_changed=redo_changed,
+        ledger=ledger,
         echo=typer.echo,
     )
     for e in run.failed_thresholds:
