@@ -190,16 +190,25 @@ def test_dephn_tower_inputs_are_assembled_in_bf16_under_autocast(tiny_bundle):
     assert all(_rel(a, b) < 2e-2 for a, b in zip(low, ref, strict=True))
 
 
-@pytest.mark.parametrize("column_major", [True, False])
-def test_layout_keeping_baddbmm_matches_autograd_and_keeps_the_input_layout(column_major):
-    """The experts' low-precision layers: outputs and gradients as torch.baddbmm's (fp32 here, to rounding), and
-    a column-major input gets a column-major gradient (no re-layout copy before the first layer's backward)."""
+@pytest.mark.parametrize("layout", ["column_major", "interleaved", "row_major"])
+def test_layout_keeping_baddbmm_matches_autograd_and_keeps_the_input_layout(layout):
+    """The experts' later layers: outputs and gradients as torch.baddbmm's, and the input's gradient in the input's
+    layout: column-major blocks (the low-precision first layer), blocks interleaved row by row (the fp32 first
+    layer's ``(B, n, h)`` product viewed as ``(n, B, h)``: the ReLU backward then reads its gradient and its saved
+    output in one layout, and the first layer's backward needs no re-layout copy) or plain."""
     from mtlrec.layers.experts import _LayoutKeepingBaddbmm
 
     torch.manual_seed(0)
     n, B, h, k = 3, 16, 8, 5
-    base = torch.randn(n, h, B) if column_major else torch.randn(n, B, h)
-    x = (base.transpose(1, 2) if column_major else base).detach().requires_grad_(True)
+    base = {
+        "column_major": torch.randn(n, h, B),
+        "interleaved": torch.randn(B, n, h),
+        "row_major": torch.randn(n, B, h),
+    }
+    x = {"column_major": base[layout].transpose(1, 2), "interleaved": base[layout].transpose(0, 1)}.get(
+        layout, base[layout]
+    )
+    x = x.detach().requires_grad_(True)
     w = torch.randn(n, h, k, requires_grad=True)
     b = torch.randn(n, 1, k, requires_grad=True)
     g = torch.randn(n, B, k)
@@ -210,7 +219,7 @@ def test_layout_keeping_baddbmm_matches_autograd_and_keeps_the_input_layout(colu
     torch.testing.assert_close(got, ref)
     for a, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
-    assert (grads[1].stride(-2) == 1) == column_major
+    assert grads[1].stride() == x.stride()
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])

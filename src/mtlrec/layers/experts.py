@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mtlrec.layers.aligned import capturing_graph
 from mtlrec.layers.autocast import autocast_dtype
 from mtlrec.layers.mlp import activation
 
@@ -27,6 +28,10 @@ class BatchedExperts(nn.Module):
       (an ``(d, B)`` copy, transposed back as a view): autograd's ``mm`` backward then forms ``∂L/∂x`` as
       ``(W ∂L/∂y^T)^T`` into a ``(d, B)`` buffer instead of a ``(B, d)`` one with an odd leading dimension (d = 429
       on the throughput config), 1.5x faster on the measured CPUs and bit-identical (the same products and sums).
+      The first layer's ``(B, n·h)`` product is used as an ``(n, B, h)`` view, blocks interleaved row by row; the
+      later layers hand back its gradient in that layout (:class:`_LayoutKeepingBaddbmm`), so the ReLU backward
+      reads gradient and output in one layout (mixed layouts ran 7x slower: 7 ms against 1 ms for ``(3, 2048,
+      256)`` on the Xeon of docs/performance.md) and the first layer's backward needs no copy. Same bits.
     * under autocast (bf16 on CPU, bf16/fp16 on CUDA): the weights are cast once per forward, the bias is folded
       into the product (``addmm`` / ``baddbmm``) and the activation runs in place, so activations stay in the low
       precision between layers (no per-op casts back and forth, no fp32 copies of ``(n, B, h)`` blocks). With a
@@ -80,8 +85,9 @@ class BatchedExperts(nn.Module):
         else:
             out = torch.baddbmm(b0, x, w0)
         out = self._activate(out)
+        later = torch.baddbmm if capturing_graph() else _LayoutKeepingBaddbmm.apply
         for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
-            out = self._activate(torch.baddbmm(b, out, w))
+            out = self._activate(later(b, out, w))
         return out
 
     def _forward_low(self, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
@@ -123,7 +129,8 @@ class BatchedExperts(nn.Module):
 
 class _LayoutKeepingBaddbmm(torch.autograd.Function):
     """``baddbmm(bias, x, w)`` whose gradient for ``x`` comes back in ``x``'s layout, as autograd does for ``mm``
-    but not for ``bmm``: for the transposed first-layer output of the low-precision path (each expert's ``(B, h)``
+    but not for ``bmm``. For the fp32 first layer's interleaved ``(n, B, h)`` view, see the class docstring of
+    :class:`BatchedExperts`; for the transposed first-layer output of the low-precision path (each expert's ``(B, h)``
     block column-major) it is formed as ``(w ∂L/∂y^T)^T``, so the first layer's backward reads it as its
     ``(n·h, B)`` gradient with no re-layout copy (an ``(n, h, B)`` copy per step before: 6 ms of a 80 ms bf16
     MMoE step on the measured CPU). The same products as autograd's, up to float rounding."""
@@ -142,6 +149,10 @@ class _LayoutKeepingBaddbmm(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             if x.stride(-2) == 1:  # column-major blocks: keep them so
                 grad_x = torch.bmm(w, grad.transpose(1, 2)).transpose(1, 2)
+            elif x.stride(0) < x.stride(1):  # the experts' blocks interleaved row by row, (B, n, h) in memory
+                grad_x = torch.bmm(
+                    grad, w.transpose(1, 2), out=x.new_empty(x.shape[1], x.shape[0], x.shape[2]).transpose(0, 1)
+                )
             else:
                 grad_x = torch.bmm(grad, w.transpose(1, 2))
         if ctx.needs_input_grad[2]:
