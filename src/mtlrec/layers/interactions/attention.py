@@ -20,13 +20,19 @@ class _AttentionLayer(nn.Module):
         self.scale = 1.0 / math.sqrt(head_dim) if scale else 1.0
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
-        b, f, _ = e.shape
-        q, k, v = self.qkv(e).view(b, f, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, F, d')
-        scores = q @ k.transpose(-1, -2)
-        if self.scale != 1.0:  # AutoInt does not scale: skip a (B, H, F, F) product by one and its backward
-            scores = scores * self.scale
-        att = softmax(scores, dim=-1)  # AutoInt eq. 5-6 (fp32 under autocast)
-        out = (att @ v).transpose(1, 2).reshape(b, f, -1)  # eq. 7: concat heads
+        # q, k and v of each head are column blocks of one projection, read in place by bmm (row stride 3·H·d');
+        # a (3, B, H, F, d') permute instead costs a 5-D re-layout copy of the gradient (2.6x the attention's bmm
+        # time at batch 2048, 26 fields), and split's backward is one concatenation
+        H = self.num_heads
+        parts = self.qkv(e).split(self.head_dim, dim=-1)  # q heads, k heads, v heads
+        heads = []
+        for h in range(H):
+            q, k, v = parts[h], parts[H + h], parts[2 * H + h]
+            scores = torch.bmm(q, k.transpose(1, 2))
+            if self.scale != 1.0:  # AutoInt does not scale: skip a (B, F, F) product by one and its backward
+                scores = scores * self.scale
+            heads.append(torch.bmm(softmax(scores, dim=-1), v))  # AutoInt eq. 5-6 (softmax fp32 under autocast)
+        out = torch.cat(heads, -1) if H > 1 else heads[0]  # eq. 7: concat heads
         if self.res is not None:
             out = out + self.res(e)  # eq. 8: ReLU(e^~ + W_res e)
         return torch.relu(out)
