@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mtlrec.layers import aligned
 from mtlrec.layers.aligned import capturing_graph
 from mtlrec.layers.autocast import autocast_dtype
 from mtlrec.layers.mlp import activation
@@ -23,11 +24,14 @@ class BatchedExperts(nn.Module):
 
     Two execution paths, the same function:
 
-    * fp32 (no autocast): ``relu(x W + b)`` per layer with the bias added after the product, bit for bit the
-      original formulation. A shared input that needs a gradient is handed to the GEMM in column-major layout
-      (an ``(d, B)`` copy, transposed back as a view): autograd's ``mm`` backward then forms ``∂L/∂x`` as
-      ``(W ∂L/∂y^T)^T`` into a ``(d, B)`` buffer instead of a ``(B, d)`` one with an odd leading dimension (d = 429
-      on the throughput config), 1.5x faster on the measured CPUs and bit-identical (the same products and sums).
+    * fp32 (no autocast): ``relu(x W + b)`` per layer with the bias added after the product, the original
+      formulation. A shared input of a width that is not a multiple of 16 floats that needs a gradient is handed
+      to the GEMM in column-major layout (an ``(d, B)`` copy, transposed back as a view): autograd's ``mm``
+      backward then forms ``∂L/∂x`` as ``(W ∂L/∂y^T)^T`` into a ``(d, B)`` buffer instead of a ``(B, d)`` one with
+      an odd leading dimension (d = 429 on the throughput config), 1.5x faster on the measured CPUs and
+      bit-identical there. At an aligned width (608 on census) the detour only costs: the copy, and a gradient
+      in batch-minor layout that every other reader's gradient of ``x`` is then added to on a slow mixed-layout
+      path (DEPHN and MT-PHN census steps 1.07x faster without it; ``∂L/∂x`` equal to float rounding).
       The first layer's ``(B, n·h)`` product is used as an ``(n, B, h)`` view, blocks interleaved row by row; the
       later layers hand back its gradient in that layout (:class:`_LayoutKeepingBaddbmm`), so the ReLU backward
       reads gradient and output in one layout (mixed layouts ran 7x slower: 7 ms against 1 ms for ``(3, 2048,
@@ -79,7 +83,7 @@ class BatchedExperts(nn.Module):
         if x.dim() == 2:
             d, h = w0.shape[1], w0.shape[2]
             flat = w0.permute(1, 0, 2).reshape(d, n * h)
-            if x.requires_grad and torch.is_grad_enabled():
+            if x.requires_grad and torch.is_grad_enabled() and d % aligned.ALIGN:
                 x = x.t().contiguous().t()  # column-major: see the class docstring
             out = (x @ flat).view(x.shape[0], n, h).transpose(0, 1) + b0
         else:

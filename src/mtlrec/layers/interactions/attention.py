@@ -28,9 +28,10 @@ class _AttentionLayer(nn.Module):
         heads = []
         for h in range(H):
             q, k, v = parts[h], parts[H + h], parts[2 * H + h]
-            scores = torch.bmm(q, k.transpose(1, 2))
-            if self.scale != 1.0:  # AutoInt does not scale: skip a (B, F, F) product by one and its backward
-                scores = scores * self.scale
+            if self.scale == 1.0:  # AutoInt does not scale
+                scores = torch.bmm(q, k.transpose(1, 2))
+            else:  # the scale applied inside the product: no (B, F, F) multiply (the same bits)
+                scores = torch.baddbmm(q.new_zeros(1, 1, 1), q, k.transpose(1, 2), beta=0, alpha=self.scale)
             heads.append(torch.bmm(softmax(scores, dim=-1), v))  # AutoInt eq. 5-6 (softmax fp32 under autocast)
         out = torch.cat(heads, -1) if H > 1 else heads[0]  # eq. 7: concat heads
         if self.res is not None:
