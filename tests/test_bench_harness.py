@@ -58,6 +58,7 @@ def test_grid_runs_in_workers_and_writes_the_benchmarks_json(tmp_path: Path):
     assert [e["passed"] for e in p["expected"]] == [True, False] and run.exit_code == 1
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert all(r["selected_epoch"] == r["best_epoch"] for r in rows)  # counted in log.jsonl; both 1-based
+    assert all(r["git_commit"] == p["git_commit"] for r in rows + p["cells"])  # each cell names its code
     assert sorted(r["key"] for r in rows) == ["mmoe/seed0", "mmoe/seed1", "single_task/seed0", "single_task/seed1"]
     for r in rows:
         assert {"run.json", "log.jsonl", "result.json", "last.pt", "best.pt"} <= {

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mtlrec.bench.grid import Cell
-from mtlrec.bench.meta import atomic_write_json, atomic_write_text, json_default
+from mtlrec.bench.meta import atomic_write_json, atomic_write_text, git_commit, json_default
 from mtlrec.bench.summary import selected_epoch
 from mtlrec.errors import RunInterrupted, UserError
 from mtlrec.experiment import load_data, run_one, train_config
@@ -124,6 +124,7 @@ def execute_cell(cell: Cell, out_root: Path) -> dict[str, Any]:
         **row,
         **base,
         "status": "ok",
+        "git_commit": git_commit(),  # a grid spread over sessions may mix commits: each cell names its code
         "resumed": bool(resume),
         "seconds": time.perf_counter() - t0,
         **({"selected_epoch": selected} if selected is not None else {}),

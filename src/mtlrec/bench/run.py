@@ -104,6 +104,7 @@ def build_payload(
                     "valid",
                     "test",
                     "resumed",
+                    "git_commit",
                     "epoch_stats",
                 )
                 if k in r
