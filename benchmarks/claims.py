@@ -176,7 +176,10 @@ class Grid:
 
     def command(self) -> str:
         rel = self.config.relative_to(ROOT) if self.config.is_relative_to(ROOT) else self.config
-        return f"mtlrec bench {rel} --jobs 2 --threads 1 --json benchmarks/results/{self.name}.json"
+        return (
+            f"mtlrec bench {rel} --jobs 2 --threads 1 --json benchmarks/results/{self.name}.json "
+            f"--ledger benchmarks/results/grids/{self.name}.jsonl"
+        )
 
     def values(self, dataset: str | None, model: str, task: str, metric: str) -> dict[int, float]:
         """Test values by seed; ``task="mean"``: the mean over the tasks reporting ``metric`` (seeds all have)."""
