@@ -42,15 +42,20 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("hidden", [[16, 8], [16], [12, 8, 4]])
 @pytest.mark.parametrize("shared_input", [True, False])
-def test_batched_experts_fp32_bit_identical(hidden, shared_input):
+@pytest.mark.parametrize("d", [29, 32])  # an odd input width (as the throughput config's 429) and an aligned one
+def test_batched_experts_fp32_bit_identical(hidden, shared_input, d):
     torch.manual_seed(0)
-    n, d, B = 4, 29, 64  # an odd input width, as the throughput config's 429
+    n, B = 4, 64
     ex = BatchedExperts(n, d, hidden)
     x = torch.randn(B, d) if shared_input else torch.randn(n, B, d)
     new = _grads(ex, x, ex)
     ref = _grads(ex, x, lambda t: _reference_experts(ex, t))
     assert torch.equal(new[0], ref[0]) and torch.equal(new[1], ref[1])
     assert all(torch.equal(a, b) for a, b in zip(new[2], ref[2], strict=True))
+    if shared_input:  # column-major only at an odd width: an aligned one keeps the gradient in the input's layout
+        leaf = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(ex(leaf).sum(), leaf)  # as formed (.grad would be made row-major)
+        assert (grad.stride(0) == 1) == bool(d % 16)
 
 
 def test_batched_experts_fp32_bit_identical_at_benchmark_size():
@@ -200,15 +205,12 @@ def test_layout_keeping_baddbmm_matches_autograd_and_keeps_the_input_layout(layo
 
     torch.manual_seed(0)
     n, B, h, k = 3, 16, 8, 5
-    base = {
-        "column_major": torch.randn(n, h, B),
-        "interleaved": torch.randn(B, n, h),
-        "row_major": torch.randn(n, B, h),
+    views = {
+        "column_major": lambda: torch.randn(n, h, B).transpose(1, 2),
+        "interleaved": lambda: torch.randn(B, n, h).transpose(0, 1),
+        "row_major": lambda: torch.randn(n, B, h),
     }
-    x = {"column_major": base[layout].transpose(1, 2), "interleaved": base[layout].transpose(0, 1)}.get(
-        layout, base[layout]
-    )
-    x = x.detach().requires_grad_(True)
+    x = views[layout]().detach().requires_grad_(True)
     w = torch.randn(n, h, k, requires_grad=True)
     b = torch.randn(n, 1, k, requires_grad=True)
     g = torch.randn(n, B, k)

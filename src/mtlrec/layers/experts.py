@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from mtlrec.layers import aligned
-from mtlrec.layers.aligned import capturing_graph
 from mtlrec.layers.autocast import autocast_dtype
 from mtlrec.layers.mlp import activation
 
@@ -89,7 +88,7 @@ class BatchedExperts(nn.Module):
         else:
             out = torch.baddbmm(b0, x, w0)
         out = self._activate(out)
-        later = torch.baddbmm if capturing_graph() else _LayoutKeepingBaddbmm.apply
+        later = torch.baddbmm if aligned.capturing_graph() else _LayoutKeepingBaddbmm.apply
         for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
             out = self._activate(later(b, out, w))
         return out
