@@ -102,6 +102,11 @@ def test_a_ledger_carries_finished_cells_to_a_fresh_out_folder(tmp_path: Path):
     changed = plan_grid(prepare_config(TINY, overrides=["train.lr=0.01", "train.epochs=1"]))
     redo = run_grid(changed[:1], tmp_path / "machine4", ledger=ledger, echo=_quiet)
     assert redo.ran == 1
+    with pytest.raises(UserError, match="a folder"):
+        run_grid(cells, tmp_path / "machine5", ledger=tmp_path, echo=_quiet)
+    ledger.write_text(ledger.read_text() + "{not json\n")
+    with pytest.raises(UserError, match=r"grid.jsonl:5: not a JSON line"):
+        run_grid(cells, tmp_path / "machine6", ledger=ledger, echo=_quiet)
 
 
 def test_an_interrupted_cell_continues_from_last_pt_to_the_uninterrupted_result(tmp_path: Path, monkeypatch):

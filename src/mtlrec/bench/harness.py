@@ -178,6 +178,8 @@ class Ledger:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise UserError(f"ledger {self.path}: a folder; expected a results file (e.g. grids/<name>.jsonl)")
         self.rows = read_rows(self.path) if self.path.exists() else {}
 
     def merge_into(self, recorded: dict[str, dict[str, Any]], cells: list[Cell]) -> int:
