@@ -11,6 +11,7 @@ its finished cells counting as done, and rewritten after every cell: a fresh mac
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import shutil
@@ -80,6 +81,12 @@ def logged_selected_epoch(run_dir: Path) -> int | None:
     return improved[-1] if improved else None
 
 
+@functools.cache
+def _code_commit() -> str | None:
+    """The commit of the code this process imported (looked up once; forked workers inherit it)."""
+    return git_commit()
+
+
 def execute_cell(cell: Cell, out_root: Path) -> dict[str, Any]:
     """Train one cell into its run folder and return its results row: ``status: ok`` with ``run_one``'s row, or
     ``status: failed`` with the error; a folder left by an interrupted run of the same settings is resumed."""
@@ -124,7 +131,7 @@ def execute_cell(cell: Cell, out_root: Path) -> dict[str, Any]:
         **row,
         **base,
         "status": "ok",
-        "git_commit": git_commit(),  # a grid spread over sessions may mix commits: each cell names its code
+        "git_commit": _code_commit(),  # a grid spread over sessions may mix commits: each cell names its code
         "resumed": bool(resume),
         "seconds": time.perf_counter() - t0,
         **({"selected_epoch": selected} if selected is not None else {}),
@@ -143,11 +150,6 @@ def _worker(cell: Cell) -> dict[str, Any]:
     return execute_cell(cell, _OUT["root"])
 
 
-def read_results(out: Path) -> dict[str, dict[str, Any]]:
-    """The recorded rows of an out folder, by cell key (the last row of a key wins)."""
-    return read_rows(out / RESULTS)
-
-
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:
     """The rows of a results file (``results.jsonl`` or a ledger), by cell key (the last row of a key wins)."""
     rows: dict[str, dict[str, Any]] = {}
@@ -163,11 +165,8 @@ def read_rows(path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def write_results(out: Path, rows: dict[str, dict[str, Any]]) -> None:
-    write_results_file(out / RESULTS, rows)
-
-
-def write_results_file(path: Path, rows: dict[str, dict[str, Any]]) -> None:
+def write_rows(path: Path, rows: dict[str, dict[str, Any]]) -> None:
+    """Rewrite a results file (``results.jsonl`` or a ledger) atomically, one JSON row per line."""
     atomic_write_text(path, "".join(json.dumps(r, default=json_default) + "\n" for r in rows.values()))
 
 
@@ -197,7 +196,7 @@ class Ledger:
     def write(self, recorded: dict[str, dict[str, Any]]) -> None:
         self.rows.update(recorded)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_results_file(self.path, self.rows)
+        write_rows(self.path, self.rows)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -236,7 +235,7 @@ class GridResult:
 def plan_status(cells: list[Cell], out: Path, *, redo_changed: bool = False) -> tuple[dict, list[Cell]]:
     """The recorded rows and the cells still to run. A cell recorded with other settings is an error (another
     config's results in this folder) unless ``redo_changed``."""
-    recorded = read_results(out)
+    recorded = read_rows(out / RESULTS)
     todo = []
     for cell in cells:
         row = recorded.get(cell.key)
@@ -274,7 +273,7 @@ def run_grid(
     if book is not None:
         imported = book.merge_into(recorded, cells)
         todo = [c for c in todo if recorded.get(c.key, {}).get("status") != "ok"]
-        write_results(out, recorded)
+        write_rows(out / RESULTS, recorded)
         book.write(recorded)
         if imported:
             echo(f"grid: {imported} finished cells taken from the ledger {book.path}")
@@ -301,12 +300,13 @@ def run_grid(
 
     for key in {data_key(c): c for c in todo}.values():  # load each data set once, before the workers fork
         bundle_for(key)
+    _code_commit()  # likewise the commit every row names
 
     def record(row: dict[str, Any]) -> None:
         nonlocal ran
         ran += 1
         recorded[row["key"]] = row
-        write_results(out, recorded)
+        write_rows(out / RESULTS, recorded)
         if book is not None:
             book.write(recorded)
         elapsed = time.perf_counter() - t0
