@@ -4,7 +4,8 @@ Reads the bench JSON of each claims grid (``configs/bench/claims_*.yaml``; ``ben
 the grid's out folder ``runs/bench/<grid>/bench.json``) and writes ``benchmarks/results/claims.md``: one row per
 claim with the paper's figure, ours (mean ± std over seeds, the paired t-test of every compared pair, seeds,
 selected epochs), a verdict and the command that makes the evidence. Works on partial results: a claim whose
-models lack seeds is ``pending: grid incomplete (k of n runs)``.
+models lack seeds is ``pending: grid incomplete (k of n runs)``, with its figures on the seeds finished so far
+(labelled interim) once every model of the claim has three.
 
 Verdicts: ``reproduced`` (every compared pair in the claimed direction with paired p < 0.05), ``not reproduced``
 (a pair reversed with p < 0.05, or no significant difference; the pair is named), ``not testable here`` (the
@@ -232,16 +233,23 @@ def _mean_std(v: list[float]) -> str:
     return f"{np.mean(v):.4f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.4f}"
 
 
-def _pair(grid: Grid, c: Claim, better: str, worse: str, dataset: str | None) -> dict[str, Any] | None:
+def _pair(grid: Grid, c: Claim, better: str, worse: str, dataset: str | None, seeds: list[int]) -> dict[str, Any]:
+    """The paired comparison of ``better`` and ``worse`` on ``seeds`` (every one of which both have)."""
     a, b = grid.values(dataset, better, c.task, c.metric), grid.values(dataset, worse, c.task, c.metric)
-    if not set(grid.seeds) <= set(a) or not set(grid.seeds) <= set(b):
-        return None
-    seeds = grid.seeds
     x, y = [a[s] for s in seeds], [b[s] for s in seeds]
     sign = 1.0 if M.HIGHER_IS_BETTER.get(c.metric, True) else -1.0
     diff = [sign * (p - q) for p, q in zip(x, y, strict=True)]  # > 0: better as claimed
     p = M.paired_test(x, y)["p_value"]
     return {"better": better, "worse": worse, "x": x, "y": y, "diff": diff, "p": None if np.isnan(p) else p}
+
+
+def _claim_seeds(grid: Grid, c: Claim) -> list[int]:
+    """The seeds every model of the claim has finished (on both data sets of a trend), in the grid's order."""
+    have = set(grid.seeds)
+    for dataset in [c.dataset] + ([c.dataset2] if c.kind == "trend" else []):
+        for m in {m for pair in c.pairs for m in pair}:
+            have &= set(grid.values(dataset, m, c.task, c.metric))
+    return [s for s in grid.seeds if s in have]
 
 
 def _holds(pair: dict[str, Any]) -> bool | None:
@@ -255,17 +263,30 @@ def _fmt_p(p: float | None) -> str:
     return "p = n/a" if p is None else f"p = {p:.3f}" if p >= 0.001 else "p < 0.001"
 
 
+MIN_INTERIM_SEEDS = 3  # fewer finished seeds show nothing: a paired test on two is noise
+
+
 def evaluate_claim(c: Claim, grids: dict[str, Grid]) -> tuple[str, str]:
-    """``(ours, verdict)`` of one claim."""
+    """``(ours, verdict)`` of one claim. On an incomplete grid, a claim whose models share at least
+    ``MIN_INTERIM_SEEDS`` finished seeds shows its figures on those, labelled interim, and stays pending."""
     if c.grid is None:
         return "–", f"not testable here: {c.why}"
     grid = grids[c.grid]
     pending = f"pending: grid incomplete ({grid.done} of {grid.total} runs)"
     if grid.payload is None:
         return "–", f"pending: grid not run (0 of {grid.total} runs)"
-    pairs = [_pair(grid, c, a, b, c.dataset) for a, b in c.pairs]
-    if any(p is None for p in pairs):
+    seeds = _claim_seeds(grid, c)
+    final = seeds == grid.seeds
+    if not final and len(seeds) < MIN_INTERIM_SEEDS:
         return "–", pending
+    ours, verdict = _evaluate(c, grid, seeds)
+    if final:
+        return ours, verdict
+    return f"interim, {len(seeds)} of {len(grid.seeds)} seeds: {ours}", f"{pending}; so far: {verdict}"
+
+
+def _evaluate(c: Claim, grid: Grid, seeds: list[int]) -> tuple[str, str]:
+    pairs = [_pair(grid, c, a, b, c.dataset, seeds) for a, b in c.pairs]
     models = list(dict.fromkeys(m for a, b in c.pairs for m in (a, b)))
     sel, run = [], []
     for m in models:
@@ -273,14 +294,12 @@ def evaluate_claim(c: Claim, grids: dict[str, Grid]) -> tuple[str, str]:
         sel += s
         run += r
     epochs = f"selected epoch {np.mean(sel):.1f} (run ≤ {max(run)})" if sel and run else ""
-    n = f"{len(grid.seeds)} seeds"
+    n = f"{len(seeds)} seeds"
     if c.grid in (VG, GATES):  # the label sets of the VG study: their measured correlation
         rho = [(d, grid.label_pearson(d)) for d in (c.dataset, c.dataset2) if d]
         n += "".join(f"; {d} label Pearson {r:.3f}" for d, r in rho if r is not None)
     if c.kind == "trend":
-        other = _pair(grid, c, *c.pairs[0], c.dataset2)
-        if other is None:
-            return "–", pending
+        other = _pair(grid, c, *c.pairs[0], c.dataset2, seeds)
         d0, d1 = pairs[0]["diff"], other["diff"]
         p = M.paired_test(d0, d1)["p_value"]
         trend = {"better": c.dataset, "worse": c.dataset2, "diff": [u - v for u, v in zip(d0, d1, strict=True)]}

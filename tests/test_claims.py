@@ -14,9 +14,9 @@ import claims as C  # noqa: E402
 SEEDS = [0, 1, 2, 3, 4]
 
 
-def _row(model, task, values, dataset="group1", metric="auc"):
+def _row(model, task, values, dataset="group1", metric="auc", seeds=SEEDS):
     return {"model": model, "dataset": dataset, "task": task, "metric": metric, "split": "test",
-            "mean": sum(values) / len(values), "values": values, "seeds": SEEDS}  # fmt: skip
+            "mean": sum(values) / len(values), "values": values, "seeds": seeds[: len(values)]}  # fmt: skip
 
 
 def _payload(rows, done):
@@ -105,3 +105,24 @@ def test_vg_rows_show_the_measured_label_pearson(tmp_path):
     claim = C.Claim("DEPHN", "VG", "q", C.VG, "mix0", "mean", pairs=[("add_sqrt-pearson@adam", "no_vg@adam")])
     ours, verdict = C.evaluate_claim(claim, {C.VG: grid})
     assert verdict == "reproduced" and "mix0 label Pearson 0.015" in ours and "add_sqrt-pearson@adam 0.8120" in ours
+
+
+def test_an_incomplete_grid_shows_interim_figures_on_the_seeds_finished(tmp_path):
+    base = [0.950, 0.951, 0.949, 0.952, 0.950]
+    better = [v + 0.002 + 0.0001 * i for i, v in enumerate(base)]
+    rows = [
+        _row("dephn", "income", better[:3]),  # seeds 0-2 finished
+        _row("mmoe", "income", base[:4]),  # seeds 0-3: the claim uses the three both have
+        _row("ple", "income", base[:2]),  # two seeds: too few to show
+    ]
+    path = tmp_path / "claims_census.json"
+    path.write_text(json.dumps(_payload(rows, 9)))
+    grid = C.load_grid(C.CENSUS, {C.CENSUS: path}, ROOT / "configs" / "bench", fallback=False)
+    grids = {C.CENSUS: grid}
+    ours, verdict = C.evaluate_claim(C.Claim("D", "c", "q", C.CENSUS, "group1", "income", pairs=[("dephn", "mmoe")]),
+                                     grids)  # fmt: skip
+    assert ours.startswith("interim, 3 of 5 seeds: dephn 0.9521 ± 0.0010; mmoe 0.9500") and "3 seeds" in ours
+    assert verdict == "pending: grid incomplete (9 of 130 runs); so far: reproduced"
+    ours, verdict = C.evaluate_claim(C.Claim("D", "c", "q", C.CENSUS, "group1", "income", pairs=[("mmoe", "ple")]),
+                                     grids)  # fmt: skip
+    assert (ours, verdict) == ("–", "pending: grid incomplete (9 of 130 runs)")
