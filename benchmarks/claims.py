@@ -14,6 +14,7 @@ tested on Census-Income, the substitute this project has in full (the row says s
 income (group 1) or education (group 2), the auxiliary one marital status.
 
     python benchmarks/claims.py                       # benchmarks/results/claims.md
+    python benchmarks/claims.py --readme README.md    # and the README's short table (between its markers)
     python benchmarks/claims.py --results claims_census=runs/bench/claims_census/bench.json --out /tmp/claims.md
 """
 
@@ -24,7 +25,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -266,26 +267,36 @@ def _fmt_p(p: float | None) -> str:
 MIN_INTERIM_SEEDS = 3  # fewer finished seeds show nothing: a paired test on two is noise
 
 
-def evaluate_claim(c: Claim, grids: dict[str, Grid]) -> tuple[str, str]:
-    """``(ours, verdict)`` of one claim. On an incomplete grid, a claim whose models share at least
+class Evaluation(NamedTuple):
+    """One claim's row: ``ours`` (figures, tests, seeds, epochs), ``verdict`` and ``delta`` (the tests alone, the
+    README's short form; "–" when there is nothing to show)."""
+
+    ours: str
+    verdict: str
+    delta: str = "–"
+
+
+def evaluate_claim(c: Claim, grids: dict[str, Grid]) -> Evaluation:
+    """One claim against the grids. On an incomplete grid, a claim whose models share at least
     ``MIN_INTERIM_SEEDS`` finished seeds shows its figures on those, labelled interim, and stays pending."""
     if c.grid is None:
-        return "–", f"not testable here: {c.why}"
+        return Evaluation("–", f"not testable here: {c.why}")
     grid = grids[c.grid]
     pending = f"pending: grid incomplete ({grid.done} of {grid.total} runs)"
     if grid.payload is None:
-        return "–", f"pending: grid not run (0 of {grid.total} runs)"
+        return Evaluation("–", f"pending: grid not run (0 of {grid.total} runs)")
     seeds = _claim_seeds(grid, c)
     final = seeds == grid.seeds
     if not final and len(seeds) < MIN_INTERIM_SEEDS:
-        return "–", pending
-    ours, verdict = _evaluate(c, grid, seeds)
+        return Evaluation("–", pending)
+    result = _evaluate(c, grid, seeds)
     if final:
-        return ours, verdict
-    return f"interim, {len(seeds)} of {len(grid.seeds)} seeds: {ours}", f"{pending}; so far: {verdict}"
+        return result
+    interim = f"interim, {len(seeds)} of {len(grid.seeds)} seeds: "
+    return Evaluation(interim + result.ours, f"{pending}; so far: {result.verdict}", interim + result.delta)
 
 
-def _evaluate(c: Claim, grid: Grid, seeds: list[int]) -> tuple[str, str]:
+def _evaluate(c: Claim, grid: Grid, seeds: list[int]) -> Evaluation:
     pairs = [_pair(grid, c, a, b, c.dataset, seeds) for a, b in c.pairs]
     models = list(dict.fromkeys(m for a, b in c.pairs for m in (a, b)))
     sel, run = [], []
@@ -304,25 +315,25 @@ def _evaluate(c: Claim, grid: Grid, seeds: list[int]) -> tuple[str, str]:
         p = M.paired_test(d0, d1)["p_value"]
         trend = {"better": c.dataset, "worse": c.dataset2, "diff": [u - v for u, v in zip(d0, d1, strict=True)]}
         trend["p"] = None if np.isnan(p) else p
-        ours = (
+        delta = (
             f"Δ({c.pairs[0][0]} − {c.pairs[0][1]}): {c.dataset} {np.mean(d0):+.4f}, {c.dataset2} {np.mean(d1):+.4f}; "
-            f"difference {np.mean(trend['diff']):+.4f} ({_fmt_p(trend['p'])}); {n}; {epochs}"
+            f"difference {np.mean(trend['diff']):+.4f} ({_fmt_p(trend['p'])})"
         )
-        return ours, _verdict([trend], "all")
+        return Evaluation(f"{delta}; {n}; {epochs}", _verdict([trend], "all"), delta)
     if c.kind == "majority":
         holds = [_holds(p) for p in pairs]
-        ours = (
+        delta = (
             f"{sum(h is True for h in holds)} of {len(pairs)} better (p < {ALPHA}), "
             f"{sum(h is False for h in holds)} worse, {sum(h is None for h in holds)} n.s.; mean Δ "
-            f"{np.mean([np.mean(p['diff']) for p in pairs]):+.4f}; {n}; {epochs}"
+            f"{np.mean([np.mean(p['diff']) for p in pairs]):+.4f}"
         )
-        return ours, _verdict(pairs, "majority")
+        return Evaluation(f"{delta}; {n}; {epochs}", _verdict(pairs, "majority"), delta)
     values = {}
     for p in pairs:
         values[p["better"]], values[p["worse"]] = p["x"], p["y"]
     shown = "; ".join(f"{m} {_mean_std(values[m])}" for m in models)
-    tests = "; ".join(f"{p['better']} − {p['worse']} {np.mean(p['diff']):+.4f} ({_fmt_p(p['p'])})" for p in pairs)
-    return f"{shown}. Δ (better-is-positive): {tests}; {n}; {epochs}", _verdict(pairs, "all")
+    delta = "; ".join(f"{p['better']} − {p['worse']} {np.mean(p['diff']):+.4f} ({_fmt_p(p['p'])})" for p in pairs)
+    return Evaluation(f"{shown}. Δ (better-is-positive): {delta}; {n}; {epochs}", _verdict(pairs, "all"), delta)
 
 
 def _verdict(pairs: list[dict[str, Any]], kind: str) -> str:
@@ -361,7 +372,7 @@ def claims_markdown(grids: dict[str, Grid], rows: list[Claim] | None = None) -> 
         "|---|---|---|---|---|---|---|",
     ]
     for i, c in enumerate(rows, 1):
-        ours, verdict = evaluate_claim(c, grids)
+        ours, verdict, _ = evaluate_claim(c, grids)
         if c.note and c.grid is not None:
             ours = f"{ours} ({c.note})" if ours != "–" else ours
         cmd = f"`mtlrec bench configs/bench/{c.grid}.yaml`" if c.grid else "–"
@@ -375,6 +386,38 @@ def claims_markdown(grids: dict[str, Grid], rows: list[Claim] | None = None) -> 
     return "\n".join(lines)
 
 
+README_BEGIN, README_END = (
+    "<!-- claims table: begin (python benchmarks/claims.py --readme README.md) -->",
+    ("<!-- claims table: end -->"),
+)
+
+
+def readme_block(grids: dict[str, Grid], rows: list[Claim] | None = None) -> str:
+    """The README's short form of the table: claim, verdict and the paired tests (figures, epochs, commands and
+    the paper's numbers are in ``claims.md``)."""
+    rows = claims() if rows is None else rows
+    lines = [
+        README_BEGIN,
+        "| # | paper | claim | verdict | ours: Δ in the claimed direction (paired p) |",
+        "|---|---|---|---|---|",
+    ]
+    for i, c in enumerate(rows, 1):
+        r = evaluate_claim(c, grids)
+        lines.append("| " + " | ".join(_cell(x) for x in (str(i), c.paper, c.claim, r.verdict, r.delta)) + " |")
+    done = ", ".join(f"{g.name} {g.done} of {g.total}" for g in grids.values())
+    lines += ["", f"Runs done: {done}.", README_END]
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, block: str) -> None:
+    """Replace the text between the README's claims markers (both on their own lines) by ``block``."""
+    text = path.read_text()
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path}: no claims markers to write between ({README_BEGIN} ... {README_END})")
+    path.write_text(text[:start] + block + text[end + len(README_END) :])
+
+
 GRIDS = (CENSUS, DTN, DML, VG, GATES)
 
 
@@ -383,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "claims.md"))
     p.add_argument("--results", action="append", default=[], metavar="GRID=PATH", help="a grid's bench JSON")
     p.add_argument("--configs", default=str(ROOT / "configs" / "bench"), help="folder of the claims_*.yaml")
+    p.add_argument("--readme", metavar="FILE", help="also write the short table between FILE's claims markers")
     a = p.parse_args(argv)
     results = {}
     for item in a.results:
@@ -394,6 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(claims_markdown(grids))
+    if a.readme:
+        try:
+            update_readme(Path(a.readme), readme_block(grids))
+        except (OSError, ValueError) as e:
+            p.error(f"--readme: {e}")
     done = ", ".join(f"{g.name} {g.done}/{g.total}" for g in grids.values())
     print(f"wrote {out} ({done})")
     return 0

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -103,7 +105,7 @@ def test_vg_rows_show_the_measured_label_pearson(tmp_path):
     path.write_text(json.dumps(payload))
     grid = C.load_grid(C.VG, {C.VG: path}, ROOT / "configs" / "bench", fallback=False)
     claim = C.Claim("DEPHN", "VG", "q", C.VG, "mix0", "mean", pairs=[("add_sqrt-pearson@adam", "no_vg@adam")])
-    ours, verdict = C.evaluate_claim(claim, {C.VG: grid})
+    ours, verdict, _ = C.evaluate_claim(claim, {C.VG: grid})
     assert verdict == "reproduced" and "mix0 label Pearson 0.015" in ours and "add_sqrt-pearson@adam 0.8120" in ours
 
 
@@ -119,10 +121,24 @@ def test_an_incomplete_grid_shows_interim_figures_on_the_seeds_finished(tmp_path
     path.write_text(json.dumps(_payload(rows, 9)))
     grid = C.load_grid(C.CENSUS, {C.CENSUS: path}, ROOT / "configs" / "bench", fallback=False)
     grids = {C.CENSUS: grid}
-    ours, verdict = C.evaluate_claim(C.Claim("D", "c", "q", C.CENSUS, "group1", "income", pairs=[("dephn", "mmoe")]),
+    ours, verdict, _ = C.evaluate_claim(C.Claim("D", "c", "q", C.CENSUS, "group1", "income", pairs=[("dephn", "mmoe")]),
                                      grids)  # fmt: skip
     assert ours.startswith("interim, 3 of 5 seeds: dephn 0.9521 ± 0.0010; mmoe 0.9500") and "3 seeds" in ours
     assert verdict == "pending: grid incomplete (9 of 130 runs); so far: reproduced"
-    ours, verdict = C.evaluate_claim(C.Claim("D", "c", "q", C.CENSUS, "group1", "income", pairs=[("mmoe", "ple")]),
+    ours, verdict, _ = C.evaluate_claim(C.Claim("D", "c", "q", C.CENSUS, "group1", "income", pairs=[("mmoe", "ple")]),
                                      grids)  # fmt: skip
     assert (ours, verdict) == ("–", "pending: grid incomplete (9 of 130 runs)")
+
+
+def test_readme_block_replaces_the_text_between_the_markers(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{C.README_BEGIN}\nold table\n{C.README_END}\nafter\n")
+    assert C.main(["--out", str(tmp_path / "claims.md"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# x\n\nbefore\n" + C.README_BEGIN)
+    assert text.endswith(C.README_END + "\nafter\n") and "| # | paper | claim | verdict |" in text
+    assert "not testable here" in text and "Runs done: claims_census" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit) as e:
+        C.main(["--out", str(tmp_path / "claims.md"), "--readme", str(readme)])
+    assert e.value.code == 2 and "no claims markers" in capsys.readouterr().err
