@@ -30,7 +30,14 @@ a child process so that its peak RSS is its own.
 ``benchmarks/peers/README.md``), one after the other in the same run, and reports mtlrec / peer ratios; for
 inference, DeepCTR-Torch's ``predict()`` at batch 8192 against mtlrec's fastest engine (the bar: >= 3x).
 
+``--data census`` times the training rows on Census-Income instead (group 1, ``protocol: paper``, the train split
+from ``--data-dir``), each model built as its seed-0 group-1 cell of the claims grids (``configs/bench/
+claims_census.yaml``, DTN and the sparse baselines from ``claims_census_dtn.yaml``; ``--models`` names a label of
+those grids or a registry model, its first cell), batch 1024 on 1 thread unless given: the models and sizes the
+converged census runs train, with their GFLOP/s against MMoE's (training rows only; no inference, no peers).
+
     python benchmarks/throughput.py [--quick] [--models mmoe,shared_bottom] [--peers] [--out FILE]
+    python benchmarks/throughput.py --data census --models mmoe,ple,dephn,mt_phn,dtn --interleave
     python benchmarks/throughput.py --no-train --peers --e2e-rows 0   # the inference bar alone
 """
 
@@ -118,6 +125,43 @@ def build_model(name: str, data, numeric_mode: str):
     )
 
 
+CENSUS_GRIDS = ("claims_census", "claims_census_dtn")  # where --data census finds each model's cell
+
+
+def census_workload(data_dir: str):
+    """``(train split, build, pick)``: Census-Income group 1 (``protocol: paper``), ``build(name, data,
+    numeric_mode)`` making the model of ``pick(name)``, ``name``'s seed-0 group-1 cell in :data:`CENSUS_GRIDS` (by
+    label, else the first cell of that registry model)."""
+    import torch
+
+    from mtlrec import create_model
+    from mtlrec.bench import plan_grid, prepare_config
+    from mtlrec.experiment import load_data
+
+    cells = [
+        c
+        for grid in CENSUS_GRIDS
+        for c in plan_grid(prepare_config(ROOT / "configs" / "bench" / f"{grid}.yaml"), seeds=[0])
+        if c.dataset in (None, "group1")
+    ]
+    spec = cells[0].data
+    bundle = load_data({"data": {**spec, "params": {**spec.get("params", {}), "data_dir": data_dir}}})
+
+    def pick(name: str):
+        cell = next((c for c in cells if c.label == name), None) or next((c for c in cells if c.model == name), None)
+        if cell is None:
+            known = ", ".join(dict.fromkeys(c.label for c in cells))
+            raise ValueError(f"--data census: no cell of {'/'.join(CENSUS_GRIDS)} is {name!r} (labels: {known})")
+        return cell
+
+    def build(name: str, data, numeric_mode: str):
+        cell = pick(name)
+        torch.manual_seed(0)
+        return create_model(cell.model, bundle.layout, bundle.tasks, **cell.params)
+
+    return bundle.train, build, pick
+
+
 def warm_up(step, batches, warmup: int) -> None:
     for _ in range(warmup):
         step(next(batches))
@@ -160,13 +204,13 @@ class TrainSetup:
     gflop: float
 
 
-def setup_train(name: str, data, precision: str, args) -> TrainSetup:
+def setup_train(name: str, data, precision: str, args, build=build_model) -> TrainSetup:
     import torch
 
     from mtlrec.data.batches import BatchIterator
     from mtlrec.train.trainer import TrainConfig, Trainer
 
-    model = build_model(name, data, args.numeric_mode)
+    model = build(name, data, args.numeric_mode)
     cfg = TrainConfig(batch_size=args.batch_size, precision=precision, threads=args.threads, progress=False)
     trainer = Trainer(model, cfg)
     model.train()
@@ -187,13 +231,15 @@ def train_row(setup: TrainSetup, runs: list[float], args) -> dict[str, Any]:
     return row
 
 
-def bench_train(name: str, data, precision: str, args) -> dict[str, Any]:
-    setup = setup_train(name, data, precision, args)
+def bench_train(name: str, data, precision: str, args, build=build_model) -> dict[str, Any]:
+    setup = setup_train(name, data, precision, args, build)
     step = setup.trainer.train_step
     return train_row(setup, time_runs(step, setup.batches, args.warmup, args.runs, args.steps_per_run, 0), args)
 
 
-def bench_train_interleaved(names: list[str], precisions: list[str], data, args) -> dict[tuple[str, str], Any]:
+def bench_train_interleaved(
+    names: list[str], precisions: list[str], data, args, build=build_model
+) -> dict[tuple[str, str], Any]:
     """Every (model, precision) training row timed round-robin: run ``r`` of every row before run ``r + 1`` of
     any, so a machine that speeds up or slows down during the benchmark (other tenants of a VM host) moves every
     row alike and the ratios between rows (efficiency vs MMoE, bf16 vs fp32) stay fair. All trainers live at once.
@@ -202,7 +248,7 @@ def bench_train_interleaved(names: list[str], precisions: list[str], data, args)
     for name in names:
         for prec in precisions:
             try:
-                setups[(name, prec)] = setup_train(name, data, prec, args)
+                setups[(name, prec)] = setup_train(name, data, prec, args, build)
                 s = setups[(name, prec)]
                 warm_up(s.trainer.train_step, s.batches, args.warmup)
             except Exception as e:  # noqa: BLE001 - reported as the row's error
@@ -577,9 +623,15 @@ def _fastest(rows: list[dict[str, Any]], model: str) -> dict[str, Any] | None:
 def main() -> None:
     p = base_parser("throughput", __doc__.split("\n")[0], default_models="mmoe")
     p.add_argument("--rows", type=int, default=None, help="rows of synthetic data (default 500,000; quick 100,000)")
-    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument(
+        "--data",
+        choices=["synthetic", "census"],
+        default="synthetic",
+        help="synthetic: the standard config; census: Census-Income at the claims grids' sizes",
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="default 2048 (census: 1024, as its runs)")
     p.add_argument("--infer-batch-size", type=int, default=8192)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="default 2 (census: 1, as its grid's jobs)")
     p.add_argument("--runs", type=int, default=None, help="timed runs per figure (default 5; quick 3)")
     p.add_argument("--steps-per-run", type=int, default=None, help="train steps per timed run (default 30)")
     p.add_argument("--warmup", type=int, default=5)
@@ -614,6 +666,11 @@ def main() -> None:
     args.rows = args.rows or (100_000 if args.quick else 500_000)
     args.runs = args.runs or (3 if args.quick else 5)
     args.steps_per_run = args.steps_per_run or (10 if args.quick else 30)
+    census = args.data == "census"
+    args.batch_size = args.batch_size or (1024 if census else 2048)
+    args.threads = args.threads or (1 if census else 2)
+    if census and (args.peers or args.nproc > 1 or args.no_train):
+        p.error("--data census times training rows only: drop --peers, --nproc and --no-train")
 
     import torch
 
@@ -631,7 +688,12 @@ def main() -> None:
     for n in notes:
         print(f"# {n}", file=sys.stderr)
 
-    data = encoded_data(args.rows)
+    build = build_model
+    if census:
+        args.no_infer, args.e2e_rows = True, 0
+        data, build, pick = census_workload(args.data_dir)
+    else:
+        data = encoded_data(args.rows)
     rows: list[dict[str, Any]] = []
     gemm = {prec: gemm_rate(prec, args.threads) for prec in precisions}
     for prec, rate in gemm.items():
@@ -641,12 +703,12 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mtlrec_throughput_"))
     interleaved = {}
     if args.interleave and not args.no_train:
-        interleaved = bench_train_interleaved(parse_models(args.models, ["mmoe"]), precisions, data, args)
+        interleaved = bench_train_interleaved(parse_models(args.models, ["mmoe"]), precisions, data, args, build)
     for name in parse_models(args.models, ["mmoe"]):
         for prec in precisions:
             try:
                 if not args.no_train:
-                    row = interleaved.get((name, prec)) or bench_train(name, data, prec, args)
+                    row = interleaved.get((name, prec)) or bench_train(name, data, prec, args, build)
                     if isinstance(row, Exception):
                         raise row
                     rows.append(row)
@@ -730,7 +792,7 @@ def main() -> None:
             print(f"- {r['system']} {r['model']}: {r['error']}")
     for n in notes:
         print(f"- {n}")
-    config = {
+    shape = {
         "rows": args.rows,
         "categorical_fields": len(vocab_sizes()),
         "total_ids": sum(vocab_sizes()),
@@ -740,6 +802,13 @@ def main() -> None:
         "numeric_mode": args.numeric_mode,
         "model_params": {m: MODEL_PARAMS.get(m, {}) for m in parse_models(args.models, ["mmoe"])},
         "tower_hidden": [64],
+    }
+    if census:  # the models as the claims grids build them (their cells' params), on the census train split
+        picked = {m: pick(m) for m in parse_models(args.models, ["mmoe"])}
+        shape = {"rows": len(data), "cells": {m: {"label": c.label, "params": c.params} for m, c in picked.items()}}
+    config = {
+        "data": args.data,
+        **shape,
         "batch_size": args.batch_size,
         "infer_batch_size": args.infer_batch_size,
         "threads": args.threads,
