@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,6 +261,10 @@ def _holds(pair: dict[str, Any]) -> bool | None:
     return float(np.mean(pair["diff"])) > 0
 
 
+def _p_value(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else "< 0.001"
+
+
 def _fmt_p(p: float | None) -> str:
     return "p = n/a" if p is None else f"p = {p:.3f}" if p >= 0.001 else "p < 0.001"
 
@@ -409,13 +414,60 @@ def readme_block(grids: dict[str, Grid], rows: list[Claim] | None = None) -> str
     return "\n".join(lines)
 
 
-def update_readme(path: Path, block: str) -> None:
-    """Replace the text between the README's claims markers (both on their own lines) by ``block``."""
+#: a grid's results table in the README: ``<!-- grid table: claims_census/group1 -->`` ... ``<!-- grid table end -->``
+GRID_TABLE = re.compile(r"<!-- grid table: (?P<grid>\w+)(?:/(?P<dataset>\w+))? -->\n.*?<!-- grid table end -->", re.S)
+
+
+def grid_table(grid: Grid, dataset: str | None) -> str:
+    """One line per model of ``grid`` on ``dataset``: parameters, each task's first test metric (mean ± std), the
+    first task's difference to the grid's baseline (paired p), the selected epochs and seconds per run."""
+    rows = [r for r in (grid.payload or {}).get("rows", []) if r.get("split") == "test" and r.get("dataset") == dataset]
+    first = {}
+    for r in rows:
+        if r["metric"] in M.HIGHER_IS_BETTER:
+            first.setdefault(r["task"], r["metric"])
+    cols = list(first.items())
+    main_task, main_metric = cols[0] if cols else ("", "")
+    base = (grid.payload or {}).get("baseline")
+    cell = {(r["model"], r["task"], r["metric"]): r for r in rows}
+    head = ["model", "parameters"] + [f"{t} {m.upper()}" for t, m in cols]
+    head += [f"{main_task} Δ vs {base} (p)", "selected epoch, mean (epochs run)", "s / run"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    info = (grid.payload or {}).get("models") or {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        m = info.get(model if dataset is None else f"{dataset}/{model}", {})
+        values = [_mean_std(cell[(model, t, k)]["values"]) if (model, t, k) in cell else "–" for t, k in cols]
+        diff = cell.get((model, main_task, f"{main_metric}_diff_vs_{base}"))
+        p = None if diff is None else diff.get("p_value")
+        delta = "–" if diff is None else f"{diff['mean']:+.4f} ({'n/a' if p is None else _p_value(p)})"
+        sel, run = m.get("best_epochs") or [0], m.get("epochs_run") or [0]
+        epochs = f"{np.mean(sel):.1f} ({min(run)}–{max(run)})"
+        params = f"{m['num_parameters']:,}" if m.get("num_parameters") else "–"
+        seconds = f"{m.get('train_seconds_mean', 0):.0f}"
+        lines.append("| " + " | ".join([model, params, *values, delta, epochs, seconds]) + " |")
+    seeds = sorted({s for r in rows for s in r["seeds"]})
+    state = "complete" if grid.done >= grid.total else f"incomplete: {grid.done} of {grid.total} runs"
+    lines += ["", f"Seeds {', '.join(map(str, seeds))} ({state}); test split, validation-selected."]
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, block: str, grids: dict[str, Grid] | None = None) -> None:
+    """Replace the text between the README's claims markers (both on their own lines) by ``block`` and, with
+    ``grids``, every grid table between its markers (:data:`GRID_TABLE`) by :func:`grid_table`."""
     text = path.read_text()
     start, end = text.find(README_BEGIN), text.find(README_END)
     if start < 0 or end < start:
         raise ValueError(f"{path}: no claims markers to write between ({README_BEGIN} ... {README_END})")
-    path.write_text(text[:start] + block + text[end + len(README_END) :])
+    text = text[:start] + block + text[end + len(README_END) :]
+
+    def table(m: re.Match) -> str:
+        name = m["grid"]
+        if grids is None or name not in grids:
+            raise ValueError(f"{path}: grid table of unknown grid {name!r} (grids: {', '.join(GRIDS)})")
+        head = m.group(0).split("\n", 1)[0]
+        return f"{head}\n{grid_table(grids[name], m['dataset'])}\n<!-- grid table end -->"
+
+    path.write_text(GRID_TABLE.sub(table, text))
 
 
 GRIDS = (CENSUS, DTN, DML, VG, GATES)
@@ -440,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(claims_markdown(grids))
     if a.readme:
         try:
-            update_readme(Path(a.readme), readme_block(grids))
+            update_readme(Path(a.readme), readme_block(grids), grids)
         except (OSError, ValueError) as e:
             p.error(f"--readme: {e}")
     done = ", ".join(f"{g.name} {g.done}/{g.total}" for g in grids.values())

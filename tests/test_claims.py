@@ -142,3 +142,27 @@ def test_readme_block_replaces_the_text_between_the_markers(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         C.main(["--out", str(tmp_path / "claims.md"), "--readme", str(readme)])
     assert e.value.code == 2 and "no claims markers" in capsys.readouterr().err
+
+
+def test_grid_tables_in_the_readme_come_from_the_grid_json(tmp_path):
+    base = [0.950, 0.951, 0.949, 0.952, 0.950]
+    rows = [_row("dephn", "income", [v + 0.002 for v in base]), _row("mmoe", "income", base),
+            _row("dephn", "marital", [0.99] * 5), _row("mmoe", "marital", [0.99] * 5),
+            {**_row("dephn", "income", [0.002] * 5), "metric": "auc_diff_vs_mmoe", "p_value": 0.0004}]  # fmt: skip
+    payload = {**_payload(rows, 130), "baseline": "mmoe"}
+    payload["models"]["group1/dephn"].update(num_parameters=550002, train_seconds_mean=354.2)
+    path = tmp_path / "claims_census.json"
+    path.write_text(json.dumps(payload))
+    grids = {name: C.load_grid(name, {C.CENSUS: path}, ROOT / "configs" / "bench", fallback=False) for name in C.GRIDS}
+    readme = tmp_path / "README.md"
+    marker = "<!-- grid table: claims_census/group1 -->"
+    readme.write_text(f"{C.README_BEGIN}\n{C.README_END}\n\n{marker}\nold\n<!-- grid table end -->\nafter\n")
+    C.update_readme(readme, C.readme_block(grids), grids)
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("<!-- grid table end -->\nafter\n")
+    assert "| model | parameters | income AUC | marital AUC | income Δ vs mmoe (p) | selected epoch, mean (epochs run) |" in text
+    assert "| dephn | 550,002 | 0.9524 ± 0.0011 | 0.9900 ± 0.0000 | +0.0020 (< 0.001) | 4.0 (7–7) | 354 |" in text
+    assert "| mmoe | – | 0.9504 ± 0.0011 | 0.9900 ± 0.0000 | – |" in text and "Seeds 0, 1, 2, 3, 4 (complete)" in text
+    readme.write_text(f"{C.README_BEGIN}\n{C.README_END}\n<!-- grid table: nope -->\nx\n<!-- grid table end -->\n")
+    with pytest.raises(ValueError, match="unknown grid 'nope'"):
+        C.update_readme(readme, C.readme_block(grids), grids)
