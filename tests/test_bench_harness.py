@@ -179,6 +179,13 @@ def test_grid_order_models_and_train_overrides():
         plan_grid(cfg, models=["mmeo"])
     cfg["bench"]["datasets"] = [{"label": "a", "name": "synthetic"}, {"label": "b", "name": "synthetic"}]
     assert [c.key for c in plan_grid(cfg, seeds=[0], models=["mmoe"])] == ["a/mmoe/seed0", "b/mmoe/seed0"]
+    picked = plan_grid(cfg, seeds=[0], models=["mmoe"], datasets=["b"])
+    assert [c.key for c in picked] == ["b/mmoe/seed0"]
+    assert picked[0].fingerprint() == plan_grid(cfg, seeds=[0], models=["mmoe"])[1].fingerprint()
+    with pytest.raises(UserError, match="--datasets.*'c'"):
+        plan_grid(cfg, datasets=["c"])
+    with pytest.raises(UserError, match="one data set"):
+        plan_grid(prepare_config(TINY), datasets=["a"])
 
 
 def test_parse_seeds():

@@ -147,11 +147,32 @@ def _datasets(cfg: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
     return out
 
 
-def plan_grid(cfg: dict[str, Any], *, seeds: list[int] | None = None, models: list[str] | None = None) -> list[Cell]:
+def _pick_datasets(cfg: dict[str, Any], labels: list[str] | None) -> list[tuple[str | None, dict[str, Any]]]:
+    """The config's data sets, or those of ``labels`` (``bench.datasets`` labels) in the config's order."""
+    datasets = _datasets(cfg)
+    if not labels:
+        return datasets
+    known = [label for label, _ in datasets if label is not None]
+    if not known:
+        raise UserError("--datasets: this config has one data set (no bench.datasets to pick from)")
+    for label in labels:
+        if label not in known:
+            raise unknown_name("data set label", label, known, where="--datasets")
+    return [(label, data) for label, data in datasets if label in labels]
+
+
+def plan_grid(
+    cfg: dict[str, Any],
+    *,
+    seeds: list[int] | None = None,
+    models: list[str] | None = None,
+    datasets: list[str] | None = None,
+) -> list[Cell]:
     """Every cell of the grid, seed-major (then data set, then model), so that an interrupted grid still has every
     model with its first seeds. ``models`` picks entries by label (or, for a
-    value that is no label, by registry name); ``seeds`` replaces the
-    config's."""
+    value that is no label, by registry name); ``datasets`` picks ``bench.datasets`` by label (a cell's fingerprint
+    does not depend on which others are planned, so a grid run on some data sets first continues on all of them
+    later); ``seeds`` replaces the config's."""
     specs = _model_specs(cfg)
     if models:
         labels = [s["label"] for s in specs]
@@ -168,8 +189,9 @@ def plan_grid(cfg: dict[str, Any], *, seeds: list[int] | None = None, models: li
     train = {k: v for k, v in (cfg.get("train") or {}).items() if k != "progress"}
     train_rows = bench_section(cfg).get("train_rows")
     cells = []
+    picked = _pick_datasets(cfg, datasets)
     for seed in seeds:
-        for dataset, data in _datasets(cfg):
+        for dataset, data in picked:
             for spec in specs:
                 cells.append(
                     Cell(

@@ -139,6 +139,7 @@ def run_bench(
     threads: int | None = None,
     seeds: str | list[int] | None = None,
     models: list[str] | None = None,
+    datasets: list[str] | None = None,
     quick: bool = False,
     overrides: list[str] | None = None,
     redo_changed: bool = False,
@@ -154,7 +155,7 @@ def run_bench(
     ``config`` is a dict already through :func:`prepare_config` (quick settings merged, overrides applied)."""
     cfg = config if prepared else prepare_config(config, overrides=overrides, quick=quick)
     seed_list = parse_seeds(seeds) if isinstance(seeds, str) or seeds is None else list(seeds)
-    cells = plan_grid(cfg, seeds=seed_list, models=models)
+    cells = plan_grid(cfg, seeds=seed_list, models=models, datasets=datasets)
     out = Path(out) if out else default_out(cfg, quick)
     paths = [out / BENCH_JSON, *([Path(json_out)] if json_out else [])]
     command = command or shlex.join(["mtlrec", *sys.argv[1:]])

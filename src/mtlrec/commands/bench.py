@@ -13,6 +13,9 @@ def bench(
     threads: int | None = typer.Option(None, help="Torch threads per worker (default: torch's)"),
     seeds: str | None = typer.Option(None, help="A list (0,1,2) or a count (5 = seeds 0..4); default: the config's"),
     models: str | None = typer.Option(None, help="Comma-separated model labels (default: every entry)"),
+    datasets: str | None = typer.Option(
+        None, help="Comma-separated bench.datasets labels (default: every data set); the others can follow later"
+    ),
     quick: bool = typer.Option(False, help="Deep-merge the config's bench.quick settings (a pipeline check)"),
     out: Path | None = typer.Option(None, help="Out folder (default: out_dir, else runs/bench/<name>[-quick])"),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the results JSON here"),
@@ -37,6 +40,8 @@ def bench(
       mtlrec bench configs/bench/census_income.yaml --quick --models mmoe,single_task --seeds 0,1
 
       mtlrec bench configs/bench/claims_census.yaml --jobs 2 --threads 1 --ledger benchmarks/results/grids/claims_census.jsonl
+
+      mtlrec bench configs/bench/claims_vg_gates.yaml --datasets corr0 --jobs 2 --threads 1
     """
     from mtlrec.bench.run import run_bench
 
@@ -47,7 +52,8 @@ def bench(
         jobs=jobs,
         threads=threads,
         seeds=seeds,
-        models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
+        models=_names(models),
+        datasets=_names(datasets),
         quick=quick,
         overrides=list(set_),
         redo_changed=redo_changed,
@@ -59,6 +65,10 @@ def bench(
         what = f"{e['model']} {e['task']}.{e['metric']}"
         typer.echo(f"threshold failed: {what} {mean}, expected {e['direction']} {e['threshold']}", err=True)
     raise typer.Exit(run.exit_code)
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [m.strip() for m in text.split(",") if m.strip()] if text else None
 
 
 def register(app: typer.Typer) -> None:
