@@ -266,7 +266,7 @@ def _p_value(p: float) -> str:
 
 
 def _fmt_p(p: float | None) -> str:
-    return "p = n/a" if p is None else f"p = {p:.3f}" if p >= 0.001 else "p < 0.001"
+    return "p = n/a" if p is None else ("p = " if p >= 0.001 else "p ") + _p_value(p)
 
 
 MIN_INTERIM_SEEDS = 3  # fewer finished seeds show nothing: a paired test on two is noise
@@ -391,10 +391,8 @@ def claims_markdown(grids: dict[str, Grid], rows: list[Claim] | None = None) -> 
     return "\n".join(lines)
 
 
-README_BEGIN, README_END = (
-    "<!-- claims table: begin (python benchmarks/claims.py --readme README.md) -->",
-    ("<!-- claims table: end -->"),
-)
+README_BEGIN = "<!-- claims table: begin (python benchmarks/claims.py --readme README.md) -->"
+README_END = "<!-- claims table: end -->"
 
 
 def readme_block(grids: dict[str, Grid], rows: list[Claim] | None = None) -> str:
@@ -415,7 +413,8 @@ def readme_block(grids: dict[str, Grid], rows: list[Claim] | None = None) -> str
 
 
 #: a grid's results table in the README: ``<!-- grid table: claims_census/group1 -->`` ... ``<!-- grid table end -->``
-GRID_TABLE = re.compile(r"<!-- grid table: (?P<grid>\w+)(?:/(?P<dataset>\w+))? -->\n.*?<!-- grid table end -->", re.S)
+GRID_TABLE_END = "<!-- grid table end -->"
+GRID_TABLE = re.compile(r"<!-- grid table: (?P<grid>\w+)(?:/(?P<dataset>\w+))? -->\n.*?" + GRID_TABLE_END, re.S)
 
 
 def grid_table(grid: Grid, dataset: str | None) -> str:
@@ -465,7 +464,7 @@ def update_readme(path: Path, block: str, grids: dict[str, Grid] | None = None) 
         if grids is None or name not in grids:
             raise ValueError(f"{path}: grid table of unknown grid {name!r} (grids: {', '.join(GRIDS)})")
         head = m.group(0).split("\n", 1)[0]
-        return f"{head}\n{grid_table(grids[name], m['dataset'])}\n<!-- grid table end -->"
+        return f"{head}\n{grid_table(grids[name], m['dataset'])}\n{GRID_TABLE_END}"
 
     path.write_text(GRID_TABLE.sub(table, text))
 

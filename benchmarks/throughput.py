@@ -792,20 +792,21 @@ def main() -> None:
             print(f"- {r['system']} {r['model']}: {r['error']}")
     for n in notes:
         print(f"- {n}")
-    shape = {
-        "rows": args.rows,
-        "categorical_fields": len(vocab_sizes()),
-        "total_ids": sum(vocab_sizes()),
-        "numeric_fields": NUM_NUM,
-        "tasks": NUM_TASKS,
-        "embedding_dim": 16,
-        "numeric_mode": args.numeric_mode,
-        "model_params": {m: MODEL_PARAMS.get(m, {}) for m in parse_models(args.models, ["mmoe"])},
-        "tower_hidden": [64],
-    }
     if census:  # the models as the claims grids build them (their cells' params), on the census train split
         picked = {m: pick(m) for m in parse_models(args.models, ["mmoe"])}
         shape = {"rows": len(data), "cells": {m: {"label": c.label, "params": c.params} for m, c in picked.items()}}
+    else:
+        shape = {
+            "rows": args.rows,
+            "categorical_fields": len(vocab_sizes()),
+            "total_ids": sum(vocab_sizes()),
+            "numeric_fields": NUM_NUM,
+            "tasks": NUM_TASKS,
+            "embedding_dim": 16,
+            "numeric_mode": args.numeric_mode,
+            "model_params": {m: MODEL_PARAMS.get(m, {}) for m in parse_models(args.models, ["mmoe"])},
+            "tower_hidden": [64],
+        }
     config = {
         "data": args.data,
         **shape,
