@@ -13,6 +13,7 @@ from mtlrec.layers.interactions import (
     HashCodebook,
     MaskBlock,
     MaskNet,
+    cross_hash,
 )
 
 B, F, D = 5, 4, 6
@@ -192,6 +193,20 @@ def test_hash_codebook_deterministic_and_in_range():
     assert (bp[..., 1] >= 10).all() and (bp < 20).all()
     c = HashCodebook(F, D, num_buckets=1000, num_hashes=3, seed=2)
     assert not torch.equal(c.buckets(ids), ba)
+
+
+def test_hash_codebook_buckets_are_cross_hash_bit_for_bit():
+    """The factored per-field hashing equals the per-pair definition on any int64 values, every hash, both
+    sharings (what the committed DTN runs were trained with)."""
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(-(2**62), 2**62, (256, 7), generator=g)
+    ids[:8] = torch.tensor([0, 1, -1, 2**31 - 1, 2**31, -(2**63), 2**63 - 1])
+    for seed, buckets, hashes, share in [(0, 100_000, 2, True), (5, 97, 3, True), (1, 1000, 2, False)]:
+        hc = HashCodebook(7, D, num_buckets=buckets, num_hashes=hashes, seed=seed, hash_share=share)
+        ref = cross_hash(ids[:, hc.left], ids[:, hc.right], hc.pair_code, hc.coeffs, buckets)
+        if not share:
+            ref = ref + torch.arange(hashes) * buckets
+        assert torch.equal(hc.buckets(ids).long(), ref)
 
 
 def test_hash_codebook_sum_shrink_formula(E):
