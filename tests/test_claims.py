@@ -160,7 +160,10 @@ def test_grid_tables_in_the_readme_come_from_the_grid_json(tmp_path):
     C.update_readme(readme, C.readme_block(grids), grids)
     text = readme.read_text()
     assert "old" not in text and text.endswith("<!-- grid table end -->\nafter\n")
-    assert "| model | parameters | income AUC | marital AUC | income Δ vs mmoe (p) | selected epoch, mean (epochs run) |" in text
+    assert (
+        "| model | parameters | income AUC | marital AUC | income Δ vs mmoe (p) | selected epoch, mean (epochs run) |"
+        in text
+    )
     assert "| dephn | 550,002 | 0.9524 ± 0.0011 | 0.9900 ± 0.0000 | +0.0020 (< 0.001) | 4.0 (7–7) | 354 |" in text
     assert "| mmoe | – | 0.9504 ± 0.0011 | 0.9900 ± 0.0000 | – |" in text and "Seeds 0, 1, 2, 3, 4 (complete)" in text
     readme.write_text(f"{C.README_BEGIN}\n{C.README_END}\n<!-- grid table: nope -->\nx\n<!-- grid table end -->\n")
