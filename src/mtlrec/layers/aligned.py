@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from mtlrec.layers import balanced
+
 ALIGN = 16  # floats: 64 bytes, one AVX-512 register and one cache line
 
 
@@ -58,7 +60,7 @@ def _mm_into_padded(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None 
     n = b.shape[-1]
     out = a.new_empty(*a.shape[:-1], _padded(n))[..., :n]
     if a.dim() == 3:
-        return torch.bmm(a, b, out=out) if bias is None else torch.baddbmm(bias, a, b, out=out)
+        return balanced.bmm(a, b, out=out) if bias is None else balanced.baddbmm(bias, a, b, out=out)
     return torch.mm(a, b, out=out) if bias is None else torch.addmm(bias, a, b, out=out)
 
 
@@ -106,7 +108,7 @@ class _AlignedProduct(torch.autograd.Function):
 
 def _weight_grad(a: torch.Tensor, grad: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dim() == 3:
-        return a.transpose(1, 2).bmm(grad)
+        return balanced.bmm(a.transpose(1, 2), grad)
     # autograd forms ∂L/∂b in b's own layout: a column-major b (a transposed weight) gets (g^T a)^T
     if b.stride(0) == 1 and b.stride(1) == b.shape[0]:
         return grad.t().mm(a).t()

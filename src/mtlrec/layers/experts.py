@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mtlrec.layers import aligned
+from mtlrec.layers import aligned, balanced
 from mtlrec.layers.autocast import autocast_dtype
 from mtlrec.layers.mlp import activation
 
@@ -79,6 +79,7 @@ class BatchedExperts(nn.Module):
             return self._forward_low(x, low)
         n = self.num_experts
         w0, b0 = self.weights[0], self.biases[0]
+        batched = torch.baddbmm if aligned.capturing_graph() else _LayoutKeepingBaddbmm.apply
         if x.dim() == 2:
             d, h = w0.shape[1], w0.shape[2]
             flat = w0.permute(1, 0, 2).reshape(d, n * h)
@@ -86,11 +87,10 @@ class BatchedExperts(nn.Module):
                 x = x.t().contiguous().t()  # column-major: see the class docstring
             out = (x @ flat).view(x.shape[0], n, h).transpose(0, 1) + b0
         else:
-            out = torch.baddbmm(b0, x, w0)
+            out = batched(b0, x, w0)
         out = self._activate(out)
-        later = torch.baddbmm if aligned.capturing_graph() else _LayoutKeepingBaddbmm.apply
         for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
-            out = self._activate(later(b, out, w))
+            out = self._activate(batched(b, out, w))
         return out
 
     def _forward_low(self, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
@@ -109,7 +109,7 @@ class BatchedExperts(nn.Module):
                 out = torch.addmm(b0.reshape(1, n * h).to(dt), x, flat)
                 out = self._activate(out).view(B, n, h).transpose(0, 1)
         else:
-            out = self._activate(torch.baddbmm(b0.to(dt), x, w0.to(dt)))
+            out = self._activate(_LayoutKeepingBaddbmm.apply(b0.to(dt), x, w0.to(dt)))
         for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
             out = self._activate(_LayoutKeepingBaddbmm.apply(b.to(dt), out, w.to(dt)))
         return out
@@ -141,7 +141,7 @@ class _LayoutKeepingBaddbmm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, bias, x, w):  # noqa: ANN001, ANN205 - autograd.Function API
         ctx.save_for_backward(x, w)
-        return torch.baddbmm(bias, x, w)
+        return balanced.baddbmm(bias, x, w)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -151,15 +151,15 @@ class _LayoutKeepingBaddbmm(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[1]:
             if x.stride(-2) == 1:  # column-major blocks: keep them so
-                grad_x = torch.bmm(w, grad.transpose(1, 2)).transpose(1, 2)
+                grad_x = balanced.bmm(w, grad.transpose(1, 2)).transpose(1, 2)
             elif x.stride(0) < x.stride(1):  # the experts' blocks interleaved row by row, (B, n, h) in memory
-                grad_x = torch.bmm(
+                grad_x = balanced.bmm(
                     grad, w.transpose(1, 2), out=x.new_empty(x.shape[1], x.shape[0], x.shape[2]).transpose(0, 1)
                 )
             else:
-                grad_x = torch.bmm(grad, w.transpose(1, 2))
+                grad_x = balanced.bmm(grad, w.transpose(1, 2))
         if ctx.needs_input_grad[2]:
-            grad_w = torch.bmm(x.transpose(1, 2), grad)
+            grad_w = balanced.bmm(x.transpose(1, 2), grad)
         return grad_bias, grad_x, grad_w
 
 
