@@ -150,12 +150,12 @@ def parse_models(spec: str | None, default: Sequence[str]) -> list[str]:
 
 def add_parallel_options(p: argparse.ArgumentParser) -> None:
     """``--threads`` (torch threads per run) and ``--jobs`` (runs in parallel processes, :func:`run_jobs`)."""
-    p.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run (default %(default)s)")
     p.add_argument(
         "--jobs",
         type=int,
         default=1,
-        help="runs in parallel processes (default 1; use --jobs 2 --threads 1 to spend 2 cores on two runs at once)",
+        help="runs in parallel processes (default %(default)s; --jobs 2 --threads 1 spends 2 cores on two runs at once)",
     )
 
 
