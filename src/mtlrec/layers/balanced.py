@@ -3,12 +3,13 @@
 ATen's CPU ``bmm``/``baddbmm`` hands whole batch entries to threads: PLE's 3 experts of a level on 2 threads run
 as two rounds with one thread idle in the second, and the product takes 1.4x as long as three ``mm`` calls that
 each use both threads (``(3, 2048, 256) @ (3, 256, 256)`` on the 2-core benchmark machine: 6.4 vs 4.5 ms; 5
-entries 1.16x; an even count is as fast batched, on one thread there is no difference, and oneDNN's bf16 ``bmm``
-splits its work well: there the loop is 4-11% slower). :func:`bmm` and
-:func:`baddbmm` run such products as one ``mm``/``addmm`` per entry into one output tensor (the same product per
-entry; the same values bit for bit on the CPUs measured, tested to float tolerance) and are the plain operators
-otherwise (fp32 only). They are for the forward and backward of custom autograd Functions (the eager paths; tracing and export
-use the plain operators), where autograd records nothing: with autograd recording they are the plain operators too.
+entries 1.16x). An even count is as fast batched, one thread sees no difference, and oneDNN's bf16 ``bmm`` splits
+its work well (the loop is 4-11% slower there).
+
+:func:`bmm` and :func:`baddbmm` run fp32 products with an uneven split as one ``mm``/``addmm`` per entry into one
+output tensor (the same product per entry: the same values bit for bit on the CPUs measured, tested to float
+tolerance) and are the plain operators otherwise. They serve the forward and backward of custom autograd Functions
+on the eager paths, where autograd records nothing; with autograd recording they are the plain operators too.
 """
 
 from __future__ import annotations
