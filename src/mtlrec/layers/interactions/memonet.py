@@ -55,15 +55,14 @@ def field_cross_hash(
     overflow) and one int32 remainder: 3-4x faster than the five int64 remainders per pair of :func:`cross_hash`
     (MemoNet's hashing was 20% of a census DTN step in bf16)."""
     neg_const, left_mult, right_mult = tables
-    prime = torch.tensor(_PRIME, dtype=torch.int32, device=values.device)
     v = (values % _PRIME).unsqueeze(-1)  # (B, F, 1)
     lt = (v * left_mult % _PRIME).to(torch.int32)  # (B, F, M), in [0, p)
     rt_neg = (_PRIME - v * right_mult % _PRIME).to(torch.int32)  # p - (r · a_3 mod p), in (0, p]
     h = lt.index_select(1, left)
     h -= rt_neg.index_select(1, right)  # (l + r) - p, in (-p, p)
-    h += h.lt(0).to(torch.int32).mul_(prime)  # (l + r) mod p
+    h += h.lt(0).to(torch.int32).mul_(_PRIME)  # (l + r) mod p
     h -= neg_const
-    h += h.lt(0).to(torch.int32).mul_(prime)  # (C + l + r) mod p
+    h += h.lt(0).to(torch.int32).mul_(_PRIME)  # (C + l + r) mod p
     return h.remainder_(num_buckets)
 
 
@@ -152,8 +151,8 @@ class HashCodebook(nn.Module):
         tables = (self.hash_const, self.hash_left, self.hash_right)
         b = field_cross_hash(ids, self.left, self.right, tables, self.num_buckets)
         if not self.hash_share:
-            rows = self.num_buckets * self.num_hashes
-            b = b.to(torch.int32 if rows < 2**31 else torch.int64)
+            if self.num_buckets * self.num_hashes >= 2**31:
+                b = b.long()
             b = b + torch.arange(self.num_hashes, device=b.device, dtype=b.dtype) * self.num_buckets
         return b
 
