@@ -264,12 +264,8 @@ class HeterogeneousMTL(MultiTaskModel):
     # -- pieces ------------------------------------------------------------------------------------------------
     def _structure_inputs(self, x: EmbeddedInputs) -> dict[str, torch.Tensor]:
         e_cn, e_fi, e_dnn = self.ssg(x.fields)
-        return {
-            "cross": _flat(e_cn, x.dense),
-            "cross_v1": _flat(e_cn, x.dense),
-            "fint": e_fi,
-            "dnn": _flat(e_dnn, x.dense),
-        }
+        x_cn = _flat(e_cn, x.dense)  # both cross variants read the same flat input: one concatenation
+        return {"cross": x_cn, "cross_v1": x_cn, "fint": e_fi, "dnn": _flat(e_dnn, x.dense)}
 
     @staticmethod
     def _run(kind: str, module: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
