@@ -232,7 +232,9 @@ def load_grid(name: str, results: dict[str, Path], configs_dir: Path, *, fallbac
 
 
 def _mean_std(v: list[float]) -> str:
-    return f"{np.mean(v):.4f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.4f}"
+    if len(v) == 1:  # a partial grid's model with one finished seed has no spread to show
+        return f"{v[0]:.4f} (1 seed)"
+    return f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}"
 
 
 def _pair(grid: Grid, c: Claim, better: str, worse: str, dataset: str | None, seeds: list[int]) -> dict[str, Any]:
@@ -419,7 +421,9 @@ GRID_TABLE = re.compile(r"<!-- grid table: (?P<grid>\w+)(?:/(?P<dataset>\w+))? -
 
 def grid_table(grid: Grid, dataset: str | None) -> str:
     """One line per model of ``grid`` on ``dataset``: parameters, each task's first test metric (mean ± std), the
-    first task's difference to the grid's baseline (paired p), the selected epochs and seconds per run."""
+    difference to a reference (paired p), the selected epochs and seconds per run. With a ``bench.baseline`` the
+    reference is that model, on the first task; without one (DML's grid), a variant ``X+Y`` is paired over seeds
+    with its own plain backbone ``X`` on every task."""
     rows = [r for r in (grid.payload or {}).get("rows", []) if r.get("split") == "test" and r.get("dataset") == dataset]
     first = {}
     for r in rows:
@@ -429,25 +433,44 @@ def grid_table(grid: Grid, dataset: str | None) -> str:
     main_task, main_metric = cols[0] if cols else ("", "")
     base = (grid.payload or {}).get("baseline")
     cell = {(r["model"], r["task"], r["metric"]): r for r in rows}
+    models = list(dict.fromkeys(r["model"] for r in rows))
     head = ["model", "parameters"] + [f"{t} {m.upper()}" for t, m in cols]
-    head += [f"{main_task} Δ vs {base} (p)", "selected epoch, mean (epochs run)", "s / run"]
+    head += [f"{main_task} Δ vs {base} (p)"] if base else [f"{t} Δ vs plain (p)" for t, _ in cols]
+    head += ["selected epoch, mean (epochs run)", "s / run"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     info = (grid.payload or {}).get("models") or {}
-    for model in dict.fromkeys(r["model"] for r in rows):
+    for model in models:
         m = info.get(model if dataset is None else f"{dataset}/{model}", {})
         values = [_mean_std(cell[(model, t, k)]["values"]) if (model, t, k) in cell else "–" for t, k in cols]
-        diff = cell.get((model, main_task, f"{main_metric}_diff_vs_{base}"))
-        p = None if diff is None else diff.get("p_value")
-        delta = "–" if diff is None else f"{diff['mean']:+.4f} ({'n/a' if p is None else _p_value(p)})"
+        if base:
+            diff = cell.get((model, main_task, f"{main_metric}_diff_vs_{base}"))
+            p = None if diff is None else diff.get("p_value")
+            deltas = ["–" if diff is None else f"{diff['mean']:+.4f} ({'n/a' if p is None else _p_value(p)})"]
+        else:
+            plain = model.split("+", 1)[0]
+            deltas = [_delta_vs(grid, dataset, model, plain, t, k) if plain in models else "–" for t, k in cols]
         sel, run = m.get("best_epochs") or [0], m.get("epochs_run") or [0]
         epochs = f"{np.mean(sel):.1f} ({min(run)}–{max(run)})"
         params = f"{m['num_parameters']:,}" if m.get("num_parameters") else "–"
         seconds = f"{m.get('train_seconds_mean', 0):.0f}"
-        lines.append("| " + " | ".join([model, params, *values, delta, epochs, seconds]) + " |")
+        lines.append("| " + " | ".join([model, params, *values, *deltas, epochs, seconds]) + " |")
     seeds = sorted({s for r in rows for s in r["seeds"]})
     state = "complete" if grid.done >= grid.total else f"incomplete: {grid.done} of {grid.total} runs"
     lines += ["", f"Seeds {', '.join(map(str, seeds))} ({state}); test split, validation-selected."]
     return "\n".join(lines)
+
+
+def _delta_vs(grid: Grid, dataset: str | None, model: str, reference: str, task: str, metric: str) -> str:
+    """``model − reference`` on the seeds both finished, with the paired p; "–" for the reference itself."""
+    if model == reference:
+        return "–"
+    a, b = grid.values(dataset, model, task, metric), grid.values(dataset, reference, task, metric)
+    seeds = [s for s in a if s in b]
+    if len(seeds) < 2:
+        return "–"
+    x, y = [a[s] for s in seeds], [b[s] for s in seeds]
+    p = M.paired_test(x, y)["p_value"]
+    return f"{np.mean(x) - np.mean(y):+.4f} ({'n/a' if np.isnan(p) else _p_value(p)})"
 
 
 def update_readme(path: Path, block: str, grids: dict[str, Grid] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -169,3 +170,28 @@ def test_grid_tables_in_the_readme_come_from_the_grid_json(tmp_path):
     readme.write_text(f"{C.README_BEGIN}\n{C.README_END}\n<!-- grid table: nope -->\nx\n<!-- grid table end -->\n")
     with pytest.raises(ValueError, match="unknown grid 'nope'"):
         C.update_readme(readme, C.readme_block(grids), grids)
+
+
+def test_a_grid_without_a_baseline_pairs_each_variant_with_its_plain_backbone(tmp_path):
+    from scipy import stats
+
+    auc, mse = [0.810, 0.812, 0.811, 0.813, 0.809], [0.760, 0.758, 0.761, 0.757, 0.759]
+    gain = [0.001, 0.002, 0.0, 0.001, 0.001]
+    dml_auc, dml_mse = (
+        [a + g for a, g in zip(auc, gain, strict=True)],
+        [m - 2 * g for m, g in zip(mse, gain, strict=True)],
+    )
+    rows = [_row("mmoe", "like", auc, dataset="ml1m_half"),
+            _row("mmoe", "rating", mse, dataset="ml1m_half", metric="mse"),
+            _row("mmoe+dml", "like", dml_auc, dataset="ml1m_half"),
+            _row("mmoe+dml", "rating", dml_mse, dataset="ml1m_half", metric="mse")]  # fmt: skip
+    payload = {**_payload(rows, 60), "benchmark": "claims_movielens_dml", "cells_total": 60, "baseline": None}
+    path = tmp_path / "claims_movielens_dml.json"
+    path.write_text(json.dumps(payload))
+    grid = C.load_grid(C.DML, {C.DML: path}, ROOT / "configs" / "bench", fallback=False)
+    table = C.grid_table(grid, "ml1m_half")
+    assert "| model | parameters | like AUC | rating MSE | like Δ vs plain (p) | rating Δ vs plain (p) |" in table
+    assert "| mmoe | – | 0.8110 ± 0.0016 | 0.7590 ± 0.0016 | – | – |" in table
+    p = stats.ttest_rel(dml_auc, auc).pvalue  # the same p for the rating column: its differences are -2x these
+    sd = f"{statistics.stdev(dml_mse):.4f}"
+    assert f"| mmoe+dml | – | 0.8120 ± 0.0019 | 0.7570 ± {sd} | +0.0010 ({p:.3f}) | -0.0020 ({p:.3f}) |" in table
