@@ -24,6 +24,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -419,11 +420,41 @@ GRID_TABLE_END = "<!-- grid table end -->"
 GRID_TABLE = re.compile(r"<!-- grid table: (?P<grid>\w+)(?:/(?P<dataset>\w+))? -->\n.*?" + GRID_TABLE_END, re.S)
 
 
+class Reference(NamedTuple):
+    """How a grid table pairs a row with its reference: ``of(label)`` names the reference row."""
+
+    name: str
+    of: Callable[[str], str]
+
+
+def _plain_backbone(label: str) -> str:
+    """``mmoe+dml`` → ``mmoe``."""
+    return label.split("+", 1)[0]
+
+
+def _no_vg_twin(label: str) -> str:
+    """The no-VG row under the same optimizer (and model): ``mmoe-add_sqrt-pearson@sgd`` → ``mmoe-no_vg@sgd``,
+    ``add_sqrt-pearson@adam`` → ``no_vg@adam``."""
+    name, _, optimizer = label.rpartition("@")
+    if "no_vg" in name:
+        return label
+    model = name.split("-")[0] + "-" if name.count("-") == 2 else ""
+    return f"{model}no_vg@{optimizer}"
+
+
+#: grids whose table pairs every row with its own reference instead of one baseline
+TABLE_REFERENCES = {
+    DML: Reference("plain", _plain_backbone),
+    VG: Reference("no VG", _no_vg_twin),
+    GATES: Reference("no VG", _no_vg_twin),
+}
+
+
 def grid_table(grid: Grid, dataset: str | None) -> str:
     """One line per model of ``grid`` on ``dataset``: parameters, each task's first test metric (mean ± std), the
-    difference to a reference (paired p), the selected epochs and seconds per run. With a ``bench.baseline`` the
-    reference is that model, on the first task; without one (DML's grid), a variant ``X+Y`` is paired over seeds
-    with its own plain backbone ``X`` on every task."""
+    difference to a reference (paired p), the selected epochs and seconds per run. The reference is the grid's
+    ``bench.baseline`` on the first task, or, for the grids of :data:`TABLE_REFERENCES`, each row's own reference
+    paired over seeds on every task."""
     rows = [r for r in (grid.payload or {}).get("rows", []) if r.get("split") == "test" and r.get("dataset") == dataset]
     first = {}
     for r in rows:
@@ -435,20 +466,24 @@ def grid_table(grid: Grid, dataset: str | None) -> str:
     cell = {(r["model"], r["task"], r["metric"]): r for r in rows}
     models = list(dict.fromkeys(r["model"] for r in rows))
     head = ["model", "parameters"] + [f"{t} {m.upper()}" for t, m in cols]
-    head += [f"{main_task} Δ vs {base} (p)"] if base else [f"{t} Δ vs plain (p)" for t, _ in cols]
+    reference = TABLE_REFERENCES.get(grid.name)
+    if reference is None:
+        head += [f"{main_task} Δ vs {base} (p)"]
+    else:
+        head += [f"{t} Δ vs {reference.name} (p)" for t, _ in cols]
     head += ["selected epoch, mean (epochs run)", "s / run"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     info = (grid.payload or {}).get("models") or {}
     for model in models:
         m = info.get(model if dataset is None else f"{dataset}/{model}", {})
         values = [_mean_std(cell[(model, t, k)]["values"]) if (model, t, k) in cell else "–" for t, k in cols]
-        if base:
+        if reference is None:
             diff = cell.get((model, main_task, f"{main_metric}_diff_vs_{base}"))
             p = None if diff is None else diff.get("p_value")
             deltas = ["–" if diff is None else f"{diff['mean']:+.4f} ({'n/a' if p is None else _p_value(p)})"]
         else:
-            plain = model.split("+", 1)[0]
-            deltas = [_delta_vs(grid, dataset, model, plain, t, k) if plain in models else "–" for t, k in cols]
+            ref = reference.of(model)
+            deltas = [_delta_vs(grid, dataset, model, ref, t, k) if ref in models else "–" for t, k in cols]
         sel, run = m.get("best_epochs") or [0], m.get("epochs_run") or [0]
         epochs = f"{np.mean(sel):.1f} ({min(run)}–{max(run)})"
         params = f"{m['num_parameters']:,}" if m.get("num_parameters") else "–"

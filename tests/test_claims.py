@@ -195,3 +195,16 @@ def test_a_grid_without_a_baseline_pairs_each_variant_with_its_plain_backbone(tm
     p = stats.ttest_rel(dml_auc, auc).pvalue  # the same p for the rating column: its differences are -2x these
     sd = f"{statistics.stdev(dml_mse):.4f}"
     assert f"| mmoe+dml | – | 0.8120 ± 0.0019 | 0.7570 ± {sd} | +0.0010 ({p:.3f}) | -0.0020 ({p:.3f}) |" in table
+
+
+@pytest.mark.parametrize(
+    ("label", "reference"),
+    [
+        ("mmoe-add_sqrt-pearson@sgd", "mmoe-no_vg@sgd"),
+        ("add_abs-cosine@adam", "no_vg@adam"),
+        ("no_vg@sgd", "no_vg@sgd"),
+        ("ple-no_vg@adam", "ple-no_vg@adam"),
+    ],  # fmt: skip
+)
+def test_vg_rows_are_paired_with_the_no_vg_row_of_their_optimizer(label, reference):
+    assert C.TABLE_REFERENCES[C.VG].of(label) == reference == C.TABLE_REFERENCES[C.GATES].of(label)
