@@ -471,6 +471,8 @@ def grid_table(grid: Grid, dataset: str | None) -> str:
         head += [f"{main_task} Δ vs {base} (p)"]
     else:
         head += [f"{t} Δ vs {reference.name} (p)" for t, _ in cols]
+    gammas = _gamma_first_last(grid, dataset)
+    head += ["Γ mean, epoch 1 → last"] if gammas else []
     head += ["selected epoch, mean (epochs run)", "s / run"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     info = (grid.payload or {}).get("models") or {}
@@ -488,11 +490,26 @@ def grid_table(grid: Grid, dataset: str | None) -> str:
         epochs = f"{np.mean(sel):.1f} ({min(run)}–{max(run)})"
         params = f"{m['num_parameters']:,}" if m.get("num_parameters") else "–"
         seconds = f"{m.get('train_seconds_mean', 0):.0f}"
-        lines.append("| " + " | ".join([model, params, *values, *deltas, epochs, seconds]) + " |")
+        gamma = [gammas.get(model, "–")] if gammas else []
+        lines.append("| " + " | ".join([model, params, *values, *deltas, *gamma, epochs, seconds]) + " |")
     seeds = sorted({s for r in rows for s in r["seeds"]})
     state = "complete" if grid.done >= grid.total else f"incomplete: {grid.done} of {grid.total} runs"
     lines += ["", f"Seeds {', '.join(map(str, seeds))} ({state}); test split, validation-selected."]
     return "\n".join(lines)
+
+
+def _gamma_first_last(grid: Grid, dataset: str | None) -> dict[str, str]:
+    """Per model, the virtual gradient's measured Γ (mean over steps and tasks, ``epoch_stats.vg.gamma_mean``)
+    in the first and the last epoch run, averaged over seeds: ``"1.86 → 1.82"``; {} where no cell logs Γ."""
+    first: dict[str, list[float]] = {}
+    last: dict[str, list[float]] = {}
+    for c in (grid.payload or {}).get("cells", []):
+        stats = [e["vg"] for e in c.get("epoch_stats") or [] if "vg" in e]
+        if c.get("dataset_label", None) != dataset or not stats:
+            continue
+        first.setdefault(c["label"], []).append(float(np.mean(list(stats[0]["gamma_mean"].values()))))
+        last.setdefault(c["label"], []).append(float(np.mean(list(stats[-1]["gamma_mean"].values()))))
+    return {m: f"{np.mean(first[m]):.2f} → {np.mean(last[m]):.2f}" for m in first}
 
 
 def _delta_vs(grid: Grid, dataset: str | None, model: str, reference: str, task: str, metric: str) -> str:

@@ -208,3 +208,22 @@ def test_a_grid_without_a_baseline_pairs_each_variant_with_its_plain_backbone(tm
 )
 def test_vg_rows_are_paired_with_the_no_vg_row_of_their_optimizer(label, reference):
     assert C.TABLE_REFERENCES[C.VG].of(label) == reference == C.TABLE_REFERENCES[C.GATES].of(label)
+
+
+def test_vg_grid_tables_show_the_measured_gamma_of_the_first_and_last_epoch(tmp_path):
+    def cell(label, seed, gammas):
+        stats = [{"epoch": i + 1, "vg": {"gamma_mean": {"y1": g, "y2": g + 0.02}}} for i, g in enumerate(gammas)]
+        return {"label": label, "dataset_label": "corr0", "seed": seed, "epoch_stats": stats}
+
+    rows = [_row(m, t, [0.02, 0.021, 0.019, 0.02, 0.022], dataset="corr0", metric="mse")
+            for m in ("mmoe-no_vg@sgd", "mmoe-add_sqrt-pearson@sgd") for t in ("y1", "y2")]  # fmt: skip
+    cells = [cell("mmoe-no_vg@sgd", s, [1.8, 1.7, 1.6]) for s in (0, 1)]
+    cells += [cell("mmoe-add_sqrt-pearson@sgd", 0, [1.5, 1.2]), cell("mmoe-add_sqrt-pearson@sgd", 1, [1.7, 1.4])]
+    payload = {**_payload(rows, 20), "benchmark": "claims_vg_gates", "cells": cells, "baseline": "mmoe-no_vg@adam"}
+    path = tmp_path / "claims_vg_gates.json"
+    path.write_text(json.dumps(payload))
+    grid = C.load_grid(C.GATES, {C.GATES: path}, ROOT / "configs" / "bench", fallback=False)
+    table = C.grid_table(grid, "corr0")
+    assert "| y1 Δ vs no VG (p) | y2 Δ vs no VG (p) | Γ mean, epoch 1 → last |" in table
+    assert "| mmoe-no_vg@sgd | – | 0.0204 ± 0.0011 | 0.0204 ± 0.0011 | – | – | 1.81 → 1.61 |" in table
+    assert "| +0.0000 (1.000) | +0.0000 (1.000) | 1.61 → 1.31 |" in table  # equal values: no difference
