@@ -146,8 +146,8 @@ def claims() -> list[Claim]:
         out.append(Claim("DEPHN", f"§III: VG helps more under low task correlation (mix0 vs mix1), @{opt}",
                          "qualitative", VG, "mix0", "mean", pairs=[(f"add_sqrt-pearson@{opt}", ref)], kind="trend",
                          dataset2="mix1"))
-        for model in ("mmoe", "ple"):
-            out.append(Claim("DEPHN", f"VG on {model.upper()} gates helps where tasks conflict (correlation 0), "
+        for model, name in (("mmoe", "MMoE"), ("ple", "PLE")):
+            out.append(Claim("DEPHN", f"VG on {name} gates helps where tasks conflict (correlation 0), "
                              f"mean MSE, @{opt}", "Fig. 5 is 'based on MMoE' (no numbers)", GATES, "corr0", "mean",
                              "mse", pairs=[(f"{model}-add_sqrt-pearson@{opt}", f"{model}-no_vg@{opt}")]))
     out += [
