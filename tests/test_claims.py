@@ -172,6 +172,13 @@ def test_grid_tables_in_the_readme_come_from_the_grid_json(tmp_path):
         C.update_readme(readme, C.readme_block(grids), grids)
 
 
+def _written_grid(tmp_path, name, payload):
+    """``payload`` as grid ``name``'s bench JSON, loaded as claims.py loads it."""
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({**payload, "benchmark": name}))
+    return C.load_grid(name, {name: path}, ROOT / "configs" / "bench", fallback=False)
+
+
 def test_a_grid_without_a_baseline_pairs_each_variant_with_its_plain_backbone(tmp_path):
     from scipy import stats
 
@@ -185,11 +192,8 @@ def test_a_grid_without_a_baseline_pairs_each_variant_with_its_plain_backbone(tm
             _row("mmoe", "rating", mse, dataset="ml1m_half", metric="mse"),
             _row("mmoe+dml", "like", dml_auc, dataset="ml1m_half"),
             _row("mmoe+dml", "rating", dml_mse, dataset="ml1m_half", metric="mse")]  # fmt: skip
-    payload = {**_payload(rows, 60), "benchmark": "claims_movielens_dml", "cells_total": 60, "baseline": None}
-    path = tmp_path / "claims_movielens_dml.json"
-    path.write_text(json.dumps(payload))
-    grid = C.load_grid(C.DML, {C.DML: path}, ROOT / "configs" / "bench", fallback=False)
-    table = C.grid_table(grid, "ml1m_half")
+    payload = {**_payload(rows, 60), "cells_total": 60, "baseline": None}
+    table = C.grid_table(_written_grid(tmp_path, C.DML, payload), "ml1m_half")
     assert "| model | parameters | like AUC | rating MSE | like Δ vs plain (p) | rating Δ vs plain (p) |" in table
     assert "| mmoe | – | 0.8110 ± 0.0016 | 0.7590 ± 0.0016 | – | – |" in table
     p = stats.ttest_rel(dml_auc, auc).pvalue  # the same p for the rating column: its differences are -2x these
@@ -219,11 +223,8 @@ def test_vg_grid_tables_show_the_measured_gamma_of_the_first_and_last_epoch(tmp_
             for m in ("mmoe-no_vg@sgd", "mmoe-add_sqrt-pearson@sgd") for t in ("y1", "y2")]  # fmt: skip
     cells = [cell("mmoe-no_vg@sgd", s, [1.8, 1.7, 1.6]) for s in (0, 1)]
     cells += [cell("mmoe-add_sqrt-pearson@sgd", 0, [1.5, 1.2]), cell("mmoe-add_sqrt-pearson@sgd", 1, [1.7, 1.4])]
-    payload = {**_payload(rows, 20), "benchmark": "claims_vg_gates", "cells": cells, "baseline": "mmoe-no_vg@adam"}
-    path = tmp_path / "claims_vg_gates.json"
-    path.write_text(json.dumps(payload))
-    grid = C.load_grid(C.GATES, {C.GATES: path}, ROOT / "configs" / "bench", fallback=False)
-    table = C.grid_table(grid, "corr0")
+    payload = {**_payload(rows, 20), "cells": cells, "baseline": "mmoe-no_vg@adam"}
+    table = C.grid_table(_written_grid(tmp_path, C.GATES, payload), "corr0")
     assert "| y1 Δ vs no VG (p) | y2 Δ vs no VG (p) | Γ mean, epoch 1 → last |" in table
     assert "| mmoe-no_vg@sgd | – | 0.0204 ± 0.0011 | 0.0204 ± 0.0011 | – | – | 1.81 → 1.61 |" in table
     assert "| +0.0000 (1.000) | +0.0000 (1.000) | 1.61 → 1.31 |" in table  # equal values: no difference
