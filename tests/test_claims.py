@@ -179,7 +179,7 @@ def _written_grid(tmp_path, name, payload):
     return C.load_grid(name, {name: path}, ROOT / "configs" / "bench", fallback=False)
 
 
-def test_a_grid_without_a_baseline_pairs_each_variant_with_its_plain_backbone(tmp_path):
+def test_the_dml_table_pairs_each_variant_with_its_plain_backbone(tmp_path):
     from scipy import stats
 
     auc, mse = [0.810, 0.812, 0.811, 0.813, 0.809], [0.760, 0.758, 0.761, 0.757, 0.759]
@@ -228,3 +228,8 @@ def test_vg_grid_tables_show_the_measured_gamma_of_the_first_and_last_epoch(tmp_
     assert "| y1 Δ vs no VG (p) | y2 Δ vs no VG (p) | Γ mean, epoch 1 → last |" in table
     assert "| mmoe-no_vg@sgd | – | 0.0204 ± 0.0011 | 0.0204 ± 0.0011 | – | – | 1.81 → 1.61 |" in table
     assert "| +0.0000 (1.000) | +0.0000 (1.000) | 1.61 → 1.31 |" in table  # equal values: no difference
+
+
+def test_a_single_finished_seed_shows_no_spread():
+    assert C._mean_std([0.8152]) == "0.8152 (1 seed)"
+    assert C._mean_std([0.81, 0.83]) == "0.8200 ± 0.0141"
