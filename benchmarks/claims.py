@@ -238,14 +238,24 @@ def _mean_std(v: list[float]) -> str:
     return f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}"
 
 
+def _paired(
+    grid: Grid, dataset: str | None, a: str, b: str, task: str, metric: str, seeds: list[int] | None = None
+) -> tuple[list[float], list[float], float | None]:
+    """Test values of models ``a`` and ``b`` on ``seeds`` (default: every seed both finished) and the paired
+    t-test's p (None where undefined)."""
+    va, vb = grid.values(dataset, a, task, metric), grid.values(dataset, b, task, metric)
+    seeds = [s for s in va if s in vb] if seeds is None else seeds
+    x, y = [va[s] for s in seeds], [vb[s] for s in seeds]
+    p = M.paired_test(x, y)["p_value"] if len(seeds) > 1 else float("nan")
+    return x, y, None if np.isnan(p) else p
+
+
 def _pair(grid: Grid, c: Claim, better: str, worse: str, dataset: str | None, seeds: list[int]) -> dict[str, Any]:
     """The paired comparison of ``better`` and ``worse`` on ``seeds`` (every one of which both have)."""
-    a, b = grid.values(dataset, better, c.task, c.metric), grid.values(dataset, worse, c.task, c.metric)
-    x, y = [a[s] for s in seeds], [b[s] for s in seeds]
+    x, y, p = _paired(grid, dataset, better, worse, c.task, c.metric, seeds)
     sign = 1.0 if M.HIGHER_IS_BETTER.get(c.metric, True) else -1.0
     diff = [sign * (p - q) for p, q in zip(x, y, strict=True)]  # > 0: better as claimed
-    p = M.paired_test(x, y)["p_value"]
-    return {"better": better, "worse": worse, "x": x, "y": y, "diff": diff, "p": None if np.isnan(p) else p}
+    return {"better": better, "worse": worse, "x": x, "y": y, "diff": diff, "p": p}
 
 
 def _claim_seeds(grid: Grid, c: Claim) -> list[int]:
@@ -482,7 +492,7 @@ def grid_table(grid: Grid, dataset: str | None) -> str:
         if reference is None:
             diff = cell.get((model, main_task, f"{main_metric}_diff_vs_{base}"))
             p = None if diff is None else diff.get("p_value")
-            deltas = ["–" if diff is None else f"{diff['mean']:+.4f} ({'n/a' if p is None else _p_value(p)})"]
+            deltas = ["–" if diff is None else _delta_text(diff["mean"], p)]
         else:
             ref = reference.of(model)
             deltas = [_delta_vs(grid, dataset, model, ref, t, k) if ref in models else "–" for t, k in cols]
@@ -516,13 +526,12 @@ def _delta_vs(grid: Grid, dataset: str | None, model: str, reference: str, task:
     """``model − reference`` on the seeds both finished, with the paired p; "–" for the reference itself."""
     if model == reference:
         return "–"
-    a, b = grid.values(dataset, model, task, metric), grid.values(dataset, reference, task, metric)
-    seeds = [s for s in a if s in b]
-    if len(seeds) < 2:
-        return "–"
-    x, y = [a[s] for s in seeds], [b[s] for s in seeds]
-    p = M.paired_test(x, y)["p_value"]
-    return f"{np.mean(x) - np.mean(y):+.4f} ({'n/a' if np.isnan(p) else _p_value(p)})"
+    x, y, p = _paired(grid, dataset, model, reference, task, metric)
+    return "–" if len(x) < 2 else _delta_text(float(np.mean(x) - np.mean(y)), p)
+
+
+def _delta_text(mean: float, p: float | None) -> str:
+    return f"{mean:+.4f} ({'n/a' if p is None else _p_value(p)})"
 
 
 def update_readme(path: Path, block: str, grids: dict[str, Grid] | None = None) -> None:
