@@ -228,6 +228,12 @@ def train_row(setup: TrainSetup, runs: list[float], args) -> dict[str, Any]:
         row["top_ops"] = top_ops(setup.trainer.train_step, setup.batches, args.profile)
         ops = "; ".join(f"{o['op']} {100 * o['share']:.1f}%" for o in row["top_ops"])
         print(f"# {setup.name} {setup.precision} top ops (self CPU): {ops}", file=sys.stderr)
+    if args.op_times:
+        row["op_wall_times"] = op_wall_times(setup.trainer.train_step, setup.batches, args.op_times)
+        ops = "; ".join(
+            f"{o['op']} [{o['shapes']}] {o['dtype']} {o['ms_per_step']:.2f} ms" for o in row["op_wall_times"]
+        )
+        print(f"# {setup.name} {setup.precision} op wall times per step: {ops}", file=sys.stderr)
     return row
 
 
@@ -276,6 +282,52 @@ def top_ops(step, batches, n: int, steps: int = 3) -> list[dict[str, Any]]:
     return [
         {"op": e.key, "share": round(e.self_cpu_time_total / total, 4), "calls_per_step": round(e.count / steps, 1)}
         for e in ranked
+    ]
+
+
+def op_wall_times(step, batches, n: int, steps: int = 3) -> list[dict[str, Any]]:
+    """The ``n`` operators (by aten overload, input shapes and dtype) that take the most wall time over ``steps``
+    training steps, each timed with ``perf_counter`` around its own call (a ``TorchDispatchMode``, no profiler):
+    the cross-check of :func:`top_ops`, whose per-operator overhead can inflate an operator many times (DEPHN's
+    bf16 gate-gradient sum: 20 ms a call profiled, 0.9 ms timed so). Shares are of the summed operator time."""
+    import time
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    totals: dict[tuple[str, str, str], list[float]] = {}
+
+    class _Timer(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            start = time.perf_counter()
+            out = func(*args, **(kwargs or {}))
+            elapsed = time.perf_counter() - start
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            key = (
+                str(func.overloadpacket.__name__),
+                " ".join("x".join(map(str, t.shape)) for t in tensors[:3]),
+                str(tensors[0].dtype).removeprefix("torch.") if tensors else "",
+            )
+            entry = totals.setdefault(key, [0.0, 0])
+            entry[0] += elapsed
+            entry[1] += 1
+            return out
+
+    with _Timer():
+        for _ in range(steps):
+            step(next(batches))
+    total = sum(t for t, _ in totals.values()) or 1.0
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:n]
+    return [
+        {
+            "op": op,
+            "shapes": shapes,
+            "dtype": dtype,
+            "ms_per_step": round(t / steps * 1000, 3),
+            "share": round(t / total, 4),
+            "calls_per_step": round(c / steps, 1),
+        }
+        for (op, shapes, dtype), (t, c) in ranked
     ]
 
 
@@ -645,6 +697,13 @@ def main() -> None:
         help="time the training rows round-robin (run r of every row before run r+1 of any; all trainers at once)",
     )
     p.add_argument("--profile", type=int, default=0, help="record the top N operators of 3 training steps per row")
+    p.add_argument(
+        "--op-times",
+        type=int,
+        default=0,
+        help="record the N operators (with shapes) taking the most wall time in 3 training steps, each timed "
+        "around its own call instead of by the profiler",
+    )
     p.add_argument("--peers", action="store_true", help="also run torch-rechub and DeepCTR-Torch (separate venv)")
     p.add_argument("--peers-venv", default=None)
     p.add_argument("--nproc", type=int, default=1, help="also train in 1 and N data-parallel processes (ddp rows)")

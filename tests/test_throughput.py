@@ -1,4 +1,4 @@
-"""benchmarks/throughput.py --data census: the models timed are those the claims grids train on census."""
+"""benchmarks/throughput.py: --data census times the models the claims grids train; --op-times times each operator."""
 
 from __future__ import annotations
 
@@ -26,3 +26,19 @@ def test_census_workload_builds_the_claims_grids_models():
     assert "education" not in data.layout.field_names  # protocol paper
     with pytest.raises(ValueError, match="no cell of claims_census/claims_census_dtn is 'nope'"):
         pick("nope")
+
+
+def test_op_wall_times_names_each_operator_with_its_shapes_and_calls():
+    import torch
+
+    w = torch.randn(32, 8, requires_grad=True)
+
+    def step(x):
+        (x @ w).relu().sum().backward()
+
+    batches = iter([torch.randn(64, 32) for _ in range(3)])
+    rows = T.op_wall_times(step, batches, n=50, steps=3)
+    mm = [r for r in rows if r["op"] == "mm" and r["shapes"] == "64x32 32x8"]
+    assert mm and mm[0]["calls_per_step"] == 1.0 and mm[0]["dtype"] == "float32"
+    assert any(r["op"] == "mm" and r["shapes"].startswith("32x64") for r in rows)  # the weight gradient, backward
+    assert abs(sum(r["share"] for r in rows) - 1.0) < 0.01 and all(r["ms_per_step"] >= 0 for r in rows)
