@@ -231,7 +231,7 @@ def train_row(setup: TrainSetup, runs: list[float], args) -> dict[str, Any]:
     if args.op_times:
         row["op_wall_times"] = op_wall_times(setup.trainer.train_step, setup.batches, args.op_times)
         ops = "; ".join(
-            f"{o['op']} [{o['shapes']}] {o['dtype']} {o['ms_per_step']:.2f} ms" for o in row["op_wall_times"]
+            f"{o['op']} [{o['shapes']}] {o['dtype']} {o['ms_per_step']:.2f} ms" for o in row["op_wall_times"]["ops"]
         )
         print(f"# {setup.name} {setup.precision} op wall times per step: {ops}", file=sys.stderr)
     return row
@@ -285,11 +285,12 @@ def top_ops(step, batches, n: int, steps: int = 3) -> list[dict[str, Any]]:
     ]
 
 
-def op_wall_times(step, batches, n: int, steps: int = 3) -> list[dict[str, Any]]:
-    """The ``n`` operators (by aten overload, input shapes and dtype) that take the most wall time over ``steps``
-    training steps, each timed with ``perf_counter`` around its own call (a ``TorchDispatchMode``, no profiler):
-    the cross-check of :func:`top_ops`, whose per-operator overhead can inflate an operator many times (DEPHN's
-    bf16 gate-gradient sum: 20 ms a call profiled, 0.9 ms timed so). Shares are of the summed operator time."""
+def op_wall_times(step, batches, n: int, steps: int = 3) -> dict[str, Any]:
+    """Wall time of every operator over ``steps`` training steps, each timed with ``perf_counter`` around its own
+    call (a ``TorchDispatchMode``, no profiler): the cross-check of :func:`top_ops`, whose per-operator overhead
+    can inflate an operator many times (DEPHN's bf16 gate-gradient sum: 20 ms a call profiled, 0.9 ms timed so).
+    ``ops``: the ``n`` slowest (aten overload, input shapes, dtype); ``by_op``: ms per step of each operator over
+    all shapes; ``ms_per_step``: their sum. Shares are of that sum."""
     import time
 
     import torch
@@ -318,17 +319,24 @@ def op_wall_times(step, batches, n: int, steps: int = 3) -> list[dict[str, Any]]
             step(next(batches))
     total = sum(t for t, _ in totals.values()) or 1.0
     ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:n]
-    return [
-        {
-            "op": op,
-            "shapes": shapes,
-            "dtype": dtype,
-            "ms_per_step": round(t / steps * 1000, 3),
-            "share": round(t / total, 4),
-            "calls_per_step": round(c / steps, 1),
-        }
-        for (op, shapes, dtype), (t, c) in ranked
-    ]
+    by_op: dict[str, float] = {}
+    for (op, _, _), (t, _) in totals.items():
+        by_op[op] = by_op.get(op, 0.0) + t
+    return {
+        "ms_per_step": round(total / steps * 1000, 3),
+        "by_op": {op: round(t / steps * 1000, 3) for op, t in sorted(by_op.items(), key=lambda kv: -kv[1])},
+        "ops": [
+            {
+                "op": op,
+                "shapes": shapes,
+                "dtype": dtype,
+                "ms_per_step": round(t / steps * 1000, 3),
+                "share": round(t / total, 4),
+                "calls_per_step": round(c / steps, 1),
+            }
+            for (op, shapes, dtype), (t, c) in ranked
+        ],
+    }
 
 
 def train_gflop(trainer, batch) -> float:

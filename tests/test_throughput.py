@@ -37,8 +37,11 @@ def test_op_wall_times_names_each_operator_with_its_shapes_and_calls():
         (x @ w).relu().sum().backward()
 
     batches = iter([torch.randn(64, 32) for _ in range(3)])
-    rows = T.op_wall_times(step, batches, n=50, steps=3)
+    times = T.op_wall_times(step, batches, n=50, steps=3)
+    rows = times["ops"]
     mm = [r for r in rows if r["op"] == "mm" and r["shapes"] == "64x32 32x8"]
     assert mm and mm[0]["calls_per_step"] == 1.0 and mm[0]["dtype"] == "float32"
     assert any(r["op"] == "mm" and r["shapes"].startswith("32x64") for r in rows)  # the weight gradient, backward
     assert abs(sum(r["share"] for r in rows) - 1.0) < 0.01 and all(r["ms_per_step"] >= 0 for r in rows)
+    assert times["by_op"]["mm"] == pytest.approx(sum(r["ms_per_step"] for r in rows if r["op"] == "mm"), abs=0.01)
+    assert times["ms_per_step"] == pytest.approx(sum(times["by_op"].values()), abs=0.05)
