@@ -427,7 +427,7 @@ def readme_block(grids: dict[str, Grid], rows: list[Claim] | None = None) -> str
 
 #: a grid's results table in the README: ``<!-- grid table: claims_census/group1 -->`` ... ``<!-- grid table end -->``
 GRID_TABLE_END = "<!-- grid table end -->"
-GRID_TABLE = re.compile(r"<!-- grid table: (?P<grid>\w+)(?:/(?P<dataset>\w+))? -->\n.*?" + GRID_TABLE_END, re.S)
+GRID_TABLE = re.compile(r"<!-- grid table: (?P<grid>\w+)(?:/(?P<dataset>[\w.-]+))? -->\n.*?" + GRID_TABLE_END, re.S)
 
 
 class Reference(NamedTuple):
