@@ -145,6 +145,22 @@ def test_a_failing_worker_stops_the_others_and_names_its_rank():
         distributed.launch(2, _fail_on_rank_one)
 
 
+def test_the_root_failure_is_named_not_a_knock_on_one():
+    from types import SimpleNamespace as F
+
+    gloo = "RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:19369."
+    cause = F(exitcode=1, message="UserError: deliberate failure", timestamp=100)
+    failures = {
+        0: F(exitcode=1, message=gloo, timestamp=100),  # a lower rank whose barrier broke in the same second
+        1: cause,
+        2: F(exitcode=-15, message="Signal 15 (SIGTERM) received", timestamp=99),  # stopped by the launcher
+    }
+    assert distributed.root_failure(failures) == (1, cause)
+    later = F(exitcode=1, message="ValueError: second", timestamp=101)
+    assert distributed.root_failure({0: later, 3: cause}) == (3, cause)  # the earliest real failure
+    assert distributed.root_failure({0: failures[0]}) == (0, failures[0])  # only knock-on ones: still named
+
+
 def test_shard_bounds_cover_the_batch():
     for n in (0, 1, 7, 256):
         parts = [distributed.shard_bounds(n, 3, r) for r in range(3)]

@@ -384,7 +384,7 @@ def launch(nproc: int, fn: Callable[..., Any], kwargs: dict[str, Any] | None = N
     try:
         return elastic_launch(config, _run_worker)(fn, kwargs or {})
     except ChildFailedError as exc:
-        rank, failure = min(exc.failures.items())
+        rank, failure = root_failure(exc.failures)
         msg = _failure_message(failure)
         raise WorkerFailed(f"worker rank {rank} of {nproc} failed ({msg}); the other workers were stopped") from None
     finally:
@@ -394,6 +394,21 @@ def launch(nproc: int, fn: Callable[..., Any], kwargs: dict[str, Any] | None = N
         if threading.current_thread() is threading.main_thread():
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+
+
+# how a worker's collective fails when another worker has died: a knock-on failure, not the cause
+_PEER_LOST = ("closed by peer", "reset by peer", "remote worker crashing")
+
+
+def root_failure(failures: dict[int, Any]) -> tuple[int, Any]:
+    """The failure that caused the others, from the launcher's ``{rank: ProcessFailure}``: a worker whose
+    collective broke because a peer died, or that the launcher killed by a signal, is a knock-on failure; among
+    the rest the earliest, then the lowest rank. (The other ranks often fail within the same second.)"""
+
+    def knock_on(failure) -> bool:  # noqa: ANN001
+        return failure.exitcode < 0 or any(p in _failure_message(failure) for p in _PEER_LOST)
+
+    return min(failures.items(), key=lambda kv: (knock_on(kv[1]), kv[1].timestamp, kv[0]))
 
 
 def _failure_message(failure) -> str:  # noqa: ANN001
