@@ -145,6 +145,21 @@ def test_a_failing_worker_stops_the_others_and_names_its_rank():
         distributed.launch(2, _fail_on_rank_one)
 
 
+def _group_lifetime() -> tuple[bool, bool]:
+    import torch.distributed as dist
+
+    distributed.current()
+    opened = dist.is_initialized()
+    distributed.shutdown()
+    distributed.shutdown()  # twice: a no-op
+    return opened, dist.is_initialized()
+
+
+def test_the_process_group_is_destroyed_before_the_interpreter_exits():
+    # left to interpreter finalisation, gloo's threads can abort a finished run (SIGABRT)
+    assert distributed.launch(2, _group_lifetime) == {0: (True, False), 1: (True, False)}
+
+
 def test_the_root_failure_is_named_not_a_knock_on_one():
     from types import SimpleNamespace as F
 

@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="mtlrec", standalone_mode=True)
-    except SystemExit:
+    except SystemExit as e:
+        if e.code in (0, None) and "mtlrec.train.distributed" in sys.modules:  # a torchrun worker that finished
+            sys.modules["mtlrec.train.distributed"].shutdown()
         raise
     except RunInterrupted as e:
         if _STATE["debug"]:

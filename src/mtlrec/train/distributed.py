@@ -52,6 +52,7 @@ class DistContext:
 
 
 _CTX: DistContext | None = None
+_OWNS_GROUP = False  # True when current() initialised the process group (then shutdown() destroys it)
 
 
 def env_world_size() -> int:
@@ -61,7 +62,7 @@ def env_world_size() -> int:
 def current() -> DistContext | None:
     """The process group of this run (initialised on first use from torchrun's environment variables), or None in
     a single process."""
-    global _CTX
+    global _CTX, _OWNS_GROUP
     if _CTX is not None:
         return _CTX
     if env_world_size() <= 1:
@@ -71,8 +72,21 @@ def current() -> DistContext | None:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         dist.init_process_group(backend=backend)
+        _OWNS_GROUP = True
     _CTX = DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     return _CTX
+
+
+def shutdown() -> None:
+    """After a successful run on every rank: meet at a barrier, then destroy the process group :func:`current`
+    initialised (a no-op otherwise, and when called twice). Left to interpreter exit, gloo's threads can abort a
+    finished worker (SIGABRT); destroyed while a peer still talks to it, too: hence the barrier. Not for a failing
+    rank (the barrier would wait for peers still training): the launcher stops the others."""
+    global _CTX, _OWNS_GROUP
+    if _OWNS_GROUP and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    _CTX, _OWNS_GROUP = None, False
 
 
 def quiet_other_ranks() -> None:
@@ -350,7 +364,9 @@ def _free_port() -> int:
 def _run_worker(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    return record(fn)(**kwargs)
+    result = record(fn)(**kwargs)
+    shutdown()
+    return result
 
 
 def launch(nproc: int, fn: Callable[..., Any], kwargs: dict[str, Any] | None = None) -> dict[int, Any]:
