@@ -275,3 +275,51 @@ def test_mix_groups_matches_separate_mixes_and_their_gradients(broadcast):
         low = mix_groups(weights, experts.bfloat16(), groups)
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), results[1][0], rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "names",
+    [("raw", "sin", "cos"), ("cos", "raw", "sin"), ("sin", "cos"), ("cos", "sin"), ("raw", "sin"), ("cos", "raw")],
+)
+def test_stacked_mappings_backward_reuses_sin_cos_and_is_autograds_bit_for_bit(names, dtype, monkeypatch):
+    """DEPHN's explicit mappings: the fused backward (reading the forward's sin/cos) gives autograd's bits."""
+    from mtlrec.layers import mappings
+
+    torch.manual_seed(0)
+    a0 = (torch.randn(64, 4, 24) * 3).to(dtype)
+    grad = torch.randn(64, 4, len(names), 24).to(dtype)
+    calls = []
+    monkeypatch.setattr(mappings._RawSinCos, "backward", _counting(mappings._RawSinCos.backward, calls))
+    results = []
+    for fn in (
+        lambda t: torch.stack([mappings.MAPPINGS[n](t) for n in names], 2),
+        lambda t: mappings.stack_mappings(t, names, 2),
+    ):
+        a = a0.clone().requires_grad_(True)
+        out = fn(a * 1.0)  # a non-leaf, as inside the model
+        out.backward(grad)
+        results.append((out, a.grad))
+    assert len(calls) == 1  # the fused Function ran, once
+    for ref, new in zip(*results, strict=True):
+        assert torch.equal(ref, new)
+    with torch.no_grad():  # inference: the plain stack
+        assert torch.equal(mappings.stack_mappings(a0, names, 2), results[0][0])
+
+
+def _counting(fn, calls: list):
+    def wrapped(*args):
+        calls.append(1)
+        return fn(*args)
+
+    return staticmethod(wrapped)
+
+
+def test_stacked_mappings_outside_the_fused_set_are_the_plain_stack():
+    from mtlrec.layers import mappings
+
+    a = torch.randn(8, 2, 5, requires_grad=True)
+    for names in (("raw", "square"), ("sin2", "cos2"), ("raw",)):
+        out = mappings.stack_mappings(a, names, 2)
+        assert out.grad_fn is not None and "RawSinCos" not in type(out.grad_fn).__name__
+        torch.testing.assert_close(out, torch.stack([mappings.MAPPINGS[n](a) for n in names], 2), rtol=0, atol=0)

@@ -28,21 +28,12 @@ from mtlrec.layers.experts import BatchedExperts
 from mtlrec.layers.gates import Gate, ValueGate
 from mtlrec.layers.interactions.cross import CrossNetwork
 from mtlrec.layers.interactions.fint import FINT
+from mtlrec.layers.mappings import MAPPINGS, stack_mappings
 from mtlrec.layers.mlp import MLP
 from mtlrec.layers.selection import make_ssg
 from mtlrec.models.base import EmbeddedInputs, MultiTaskModel
 from mtlrec.models.registry import register_model
 from mtlrec.schema import TaskSpec
-
-# explicit mappings of a public expert's activations (A.3.3 [A]): RM = raw/Taylor terms, TM = Fourier terms
-MAPPINGS = {
-    "raw": lambda a: a,
-    "square": lambda a: a * a,
-    "sin": torch.sin,
-    "cos": torch.cos,
-    "sin2": lambda a: torch.sin(2 * a),
-    "cos2": lambda a: torch.cos(2 * a),
-}
 
 
 def _flat(fields: torch.Tensor, dense: torch.Tensor | None) -> torch.Tensor:
@@ -277,7 +268,7 @@ class HeterogeneousMTL(MultiTaskModel):
         blocks = []
         for kind, module in self.public.items():
             a = module(inputs[kind]).transpose(0, 1) if kind == "dnn" else self._run(kind, module, inputs).unsqueeze(1)
-            blocks.append(torch.stack([MAPPINGS[m](a) for m in self.mapping_names], 2))
+            blocks.append(stack_mappings(a, self.mapping_names, 2))
         return blocks
 
     def backbone(self, x: EmbeddedInputs) -> list[torch.Tensor]:
