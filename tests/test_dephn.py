@@ -113,12 +113,14 @@ def test_dephn_ablation_switches(tiny_bundle):
     assert "cross_v1" in v1.private[0]
 
 
-def test_dephn_vg_scales_tvg_gradient_and_keeps_forward(tiny_bundle):
+@pytest.mark.parametrize("tower_hidden", [[], [8]])  # the linear head, and an MLP tower with the gates folded in
+def test_dephn_vg_scales_tvg_gradient_and_keeps_forward(tiny_bundle, tower_hidden):
     batch = _batch(tiny_bundle, 256)
     runs = {}
     for use_vg in (False, True):
         seed_everything(0)
-        m = create_model("dephn", tiny_bundle, use_vg=use_vg, **MOE)
+        m = create_model("dephn", tiny_bundle, use_vg=use_vg, tower_hidden=tower_hidden, **MOE)
+        assert m._folds_gates() == bool(tower_hidden)
         with torch.no_grad():  # distinct gate values per task so |ΔG| varies
             for g in m.gates:
                 g.theta.copy_(torch.randn(g.num_outputs))
@@ -136,7 +138,7 @@ def test_dephn_vg_scales_tvg_gradient_and_keeps_forward(tiny_bundle):
     for t in range(2):
         np.testing.assert_allclose(m1.gates[t].theta.grad.numpy(), m0.gates[t].theta.grad.numpy() * gamma, rtol=1e-4)
     for (n, p0), p1 in zip(m0.named_parameters(), m1.parameters(), strict=True):
-        if n.startswith(("public", "private", "heads", "ssg")):  # VG touches only the gate gradients
+        if n.startswith(("public", "private", "towers", "heads", "ssg")):  # VG touches only the gate gradients
             assert torch.equal(p0.grad, p1.grad), n
 
 

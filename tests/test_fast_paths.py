@@ -323,3 +323,116 @@ def test_stacked_mappings_outside_the_fused_set_are_the_plain_stack():
         out = mappings.stack_mappings(a, names, 2)
         assert out.grad_fn is not None and "RawSinCos" not in type(out.grad_fn).__name__
         torch.testing.assert_close(out, torch.stack([mappings.MAPPINGS[n](a) for n in names], 2), rtol=0, atol=0)
+
+
+def test_folded_first_layers_are_the_layers_over_the_gated_concatenation():
+    from mtlrec.layers.folded_gates import folded_first_layers
+
+    torch.manual_seed(0)
+    shared = torch.randn(32, 40, requires_grad=True)  # odd widths below: the aligned products' padded paths too
+    privates = [torch.randn(32, 29, requires_grad=True), None]
+    layers = [torch.nn.Linear(69, 24), torch.nn.Linear(40, 16, bias=False)]
+    scales = [torch.rand(1, 40, requires_grad=True) for _ in layers]
+    got = folded_first_layers(shared, scales, privates, layers)
+    ref = [
+        layers[0](torch.cat([shared * scales[0], privates[0]], 1)),
+        layers[1](shared * scales[1]),
+    ]
+    leaves = [shared, privates[0], *scales, *(p for lin in layers for p in lin.parameters())]
+    g = [torch.randn_like(r) for r in ref]
+    new = torch.autograd.grad(sum((a * b).sum() for a, b in zip(got, g, strict=True)), leaves)
+    old = torch.autograd.grad(sum((a * b).sum() for a, b in zip(ref, g, strict=True)), leaves)
+    for a, b in zip([*got, *new], [*ref, *old], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _dephn_step(model, batch, precision="fp32"):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = model(batch)
+    model.task_losses(out, batch).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {t: v.detach().float() for t, v in out.logits.items()}, grads
+
+
+@pytest.mark.parametrize("tower_hidden", [[16], {"income": [8], "marital": [12, 4]}])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_dephn_folded_gates_match_the_built_tower_inputs(tiny_bundle, tower_hidden, precision, monkeypatch):
+    """DEPHN's towers with the value gates folded into their first layers: logits and every gradient (the
+    virtual-gradient-scaled gate gradients included) those of the built gated tower inputs, to float rounding; the
+    folded path ran and built no tower input."""
+    import copy
+
+    from mtlrec.data.batches import BatchIterator
+    from mtlrec.layers.folded_gates import folded_first_layers
+    from mtlrec.models import dephn
+    from mtlrec.models.registry import create_model
+
+    torch.manual_seed(0)
+    tasks = [t.name for t in tiny_bundle.schema.tasks]
+    if isinstance(tower_hidden, dict):
+        tower_hidden = dict(zip(tasks, tower_hidden.values(), strict=True))
+    folded = create_model(
+        "dephn",
+        tiny_bundle,
+        embedding_dim=4,
+        num_dnn_experts=3,
+        dnn_hidden=[16, 8],
+        cross_layers=2,
+        fint_layers=2,
+        tower_hidden=tower_hidden,
+    )
+    with torch.no_grad():  # distinct gate values per (expert, mapping): a misplaced gate column must show
+        for g in folded.gates:
+            g.theta.copy_(torch.randn(g.num_outputs))
+    built = copy.deepcopy(folded)
+    built.fold_gates = False
+    batch = next(iter(BatchIterator(tiny_bundle.train, 128, shuffle=False).epoch(0)))
+    calls = []
+    monkeypatch.setattr(dephn, "folded_first_layers", lambda *a: calls.append(1) or folded_first_layers(*a))
+    monkeypatch.setattr(type(folded), "backbone", lambda *a: pytest.fail("the folded path built tower inputs"))
+    new = _dephn_step(folded, batch, precision)
+    monkeypatch.undo()
+    ref = _dephn_step(built, batch, precision)
+    assert calls == [1]
+    assert new[1].keys() == ref[1].keys() and any("gates" in n for n in new[1])
+    if precision == "fp32":
+        for t in ref[0]:
+            torch.testing.assert_close(new[0][t], ref[0][t], rtol=1e-4, atol=1e-5)
+        for n in ref[1]:
+            torch.testing.assert_close(new[1][n], ref[1][n], rtol=1e-4, atol=1e-5, msg=n)
+        return
+    # bf16: the folded path is no further from the fp32 result than the built one is (both round differently)
+    exact = _dephn_step(built, batch, "fp32")
+    for t in ref[0]:
+        assert _rel(new[0][t], exact[0][t]) < 2 * _rel(ref[0][t], exact[0][t]) + 1e-2, t
+    for n in ref[1]:
+        assert _rel(new[1][n], exact[1][n]) < 2 * _rel(ref[1][n], exact[1][n]) + 2e-2, n
+
+
+def test_dephn_builds_its_tower_inputs_where_something_reads_them(tiny_bundle, monkeypatch):
+    """No folding for a linear head, input-dependent gates, a plug-in acting on the tower inputs (DML) or a traced
+    graph: the tower inputs are built and the logits are those of ``fold_gates=False`` bit for bit."""
+    import copy
+
+    from mtlrec.data.batches import BatchIterator
+    from mtlrec.models.registry import create_model
+
+    small = dict(embedding_dim=4, num_dnn_experts=2, dnn_hidden=[8], cross_layers=1, fint_layers=1)
+    batch = next(iter(BatchIterator(tiny_bundle.train, 64, shuffle=False).epoch(0)))
+    cases = [
+        create_model("dephn", tiny_bundle, **small),
+        create_model("dephn", tiny_bundle, gate="mg", tower_hidden=[8], **small),
+        create_model("dephn", tiny_bundle, tower_hidden=[8], dml={"variant": "dml"}, **small),
+    ]
+    assert cases[2].tower_inputs_are_read()
+    for model in cases:
+        assert not model._folds_gates()
+        plain = copy.deepcopy(model)
+        plain.fold_gates = False
+        for t, v in model(batch).logits.items():
+            assert torch.equal(v, plain(batch).logits[t])
+    graph = create_model("dephn", tiny_bundle, tower_hidden=[8], **small)
+    assert graph._folds_gates()
+    monkeypatch.setattr("mtlrec.layers.aligned.capturing_graph", lambda: True)  # tracing, export, compile
+    assert not graph._folds_gates()

@@ -183,6 +183,19 @@ class MultiTaskModel(nn.Module):
         """Embedded inputs → one tower input ``(B, d_t)`` per task."""
         raise NotImplementedError
 
+    def tower_outputs(self, x: EmbeddedInputs) -> list[torch.Tensor]:
+        """Embedded inputs → each task's tower output: the backbone, the plug-ins' tower-input hooks, the towers.
+        A model may form its towers' first layers without building their inputs (DEPHN's folded gates) where
+        no plug-in reads those inputs (:meth:`tower_inputs_are_read`)."""
+        inputs = self.backbone(x)
+        for p in self.plugins:
+            inputs = p.on_tower_inputs(inputs)
+        return [self.towers[t](h) for t, h in zip(self.task_names, inputs, strict=True)]
+
+    def tower_inputs_are_read(self) -> bool:
+        """True when an attached plug-in acts on the tower inputs (DML), so they must be built."""
+        return any(type(p).on_tower_inputs is not TowerPlugin.on_tower_inputs for p in self.plugins)
+
     def fuse_hiddens(self, hiddens: list[torch.Tensor]) -> list[torch.Tensor]:
         """Hook between towers and heads (AITM's information transfer); identity by default."""
         return hiddens
@@ -192,11 +205,7 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, batch: Batch) -> ModelOutput:
         emb = self.embed(batch)
-        inputs = self.backbone(emb)
-        for p in self.plugins:
-            inputs = p.on_tower_inputs(inputs)
-        hiddens = [self.towers[t](x) for t, x in zip(self.task_names, inputs, strict=True)]
-        hiddens = self.fuse_hiddens(hiddens)
+        hiddens = self.fuse_hiddens(self.tower_outputs(emb))
         logits = [self.heads[t](h).squeeze(-1) for t, h in zip(self.task_names, hiddens, strict=True)]
         for p in self.plugins:
             logits = p.on_logits(hiddens, logits)

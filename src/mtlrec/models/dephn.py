@@ -25,6 +25,7 @@ from mtlrec.data.layout import FeatureLayout
 from mtlrec.layers import aligned
 from mtlrec.layers.autocast import to_autocast
 from mtlrec.layers.experts import BatchedExperts
+from mtlrec.layers.folded_gates import folded_first_layers
 from mtlrec.layers.gates import Gate, ValueGate
 from mtlrec.layers.interactions.cross import CrossNetwork
 from mtlrec.layers.interactions.fint import FINT
@@ -180,10 +181,12 @@ class HeterogeneousMTL(MultiTaskModel):
         ssg_parametrization: str,
         attention_heads: int,
         extra_private_dcn_v1: bool = False,
+        fold_gates: bool = False,
         tower_hidden: Sequence[int] | dict[str, Sequence[int]] = (),
         **kw: Any,
     ) -> None:
         super().__init__(layout, tasks, tower_hidden=tower_hidden, **kw)
+        self.fold_gates = fold_gates
         unknown = [m for m in mappings if m not in MAPPINGS]
         if unknown or not mappings:
             raise ValueError(f"unknown mappings {unknown}; choose a non-empty subset of {sorted(MAPPINGS)}")
@@ -290,6 +293,50 @@ class HeterogeneousMTL(MultiTaskModel):
             parts += [to_autocast(self._run(kind, m, inputs)) for kind, m in self.private[t].items()]
             out.append(torch.cat(parts, 1))
         return out
+
+    def tower_outputs(self, x: EmbeddedInputs) -> list[torch.Tensor]:
+        """With ``fold_gates`` (value gates, MLP towers, no plug-in reading the tower inputs, eager mode) each
+        tower's first layer is formed with the gates folded into its weights
+        (:func:`~mtlrec.layers.folded_gates.folded_first_layers`): the gated public block is never built, and
+        the tasks' public products are one GEMM. Otherwise the tower inputs of :meth:`backbone`."""
+        if not self._folds_gates():
+            return super().tower_outputs(x)
+        inputs = self._structure_inputs(x)
+        blocks = self.public_outputs(inputs)
+        shared = torch.cat([b.flatten(1) for b in blocks], 1) if len(blocks) > 1 else blocks[0].flatten(1)
+        scales = [self._column_gates(self.gates[t](None), blocks) for t in range(len(self.tasks))]
+        privates = [self._private_input(t, inputs) for t in range(len(self.tasks))]
+        towers = [self.towers[t] for t in self.task_names]
+        firsts = folded_first_layers(shared, scales, privates, [tower[0] for tower in towers])
+        out = []
+        for tower, h in zip(towers, firsts, strict=True):
+            for layer in list(tower)[1:]:
+                h = layer(h)
+            out.append(h)
+        return out
+
+    def _folds_gates(self) -> bool:
+        return (
+            self.fold_gates
+            and self.gate_kind == "tvg"
+            and len(self.public) > 0
+            and all(len(self.tower_sizes(t)) for t in self.task_names)
+            and not self.tower_inputs_are_read()
+            and not aligned.capturing_graph()
+        )
+
+    def _column_gates(self, g: torch.Tensor, blocks: list[torch.Tensor]) -> torch.Tensor:
+        """The ``(1, K_total·P)`` gate values repeated over each ``(expert, mapping)`` pair's columns."""
+        P, parts, start = len(self.mapping_names), [], 0
+        for blk in blocks:
+            k = blk.shape[1]
+            parts.append(g[:, start : start + k * P].repeat_interleave(blk.shape[-1], 1))
+            start += k * P
+        return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
+    def _private_input(self, t: int, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        parts = [to_autocast(self._run(kind, m, inputs)) for kind, m in self.private[t].items()]
+        return (torch.cat(parts, 1) if len(parts) > 1 else parts[0]) if parts else None
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters every task's loss reaches: the SSG layer and the public experts (the private experts and the
@@ -404,6 +451,9 @@ class DEPHN(HeterogeneousMTL):
     Ablations: ``use_vg``, ``use_mapping`` (False: raw mapping only), ``use_ssg`` (False: raw embeddings everywhere).
     Other [A] choices: ``tvg_parametrization`` (sigmoid), ``ssg_parametrization`` (sigmoid), K = 4 experts of
     [256, 128], 3 cross / FINT layers, ``extra_private_dcn_v1`` (adds DCN-v1 as a third private expert, off).
+    Computation, not model: ``fold_gates`` (default on) forms an MLP tower's first layer with the value gates
+    folded into its weights (:meth:`HeterogeneousMTL.tower_outputs`), equal to float rounding; ``False`` builds
+    the gated tower inputs as the tables made before 2026-12-03 did (their numbers bit for bit).
     """
 
     def __init__(
@@ -427,6 +477,7 @@ class DEPHN(HeterogeneousMTL):
         vg_variant: str = "add_sqrt",
         vg_relevance: str = "pearson",
         extra_private_dcn_v1: bool = False,
+        fold_gates: bool = True,
         **kw: Any,
     ) -> None:
         super().__init__(
@@ -446,6 +497,7 @@ class DEPHN(HeterogeneousMTL):
             ssg_parametrization=ssg_parametrization,
             attention_heads=attention_heads,
             extra_private_dcn_v1=extra_private_dcn_v1,
+            fold_gates=fold_gates,
             **kw,
         )
         self.use_vg = use_vg
