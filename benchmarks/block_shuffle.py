@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import base_parser, command_line, markdown_table, write_results  # noqa: E402
+from common import base_parser, command_line, markdown_table, run_script, write_results  # noqa: E402
 
 import mtlrec  # noqa: E402
 from mtlrec.data.stream import load_stream  # noqa: E402
@@ -81,4 +81,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, add_bench_options, base_parser, default_out, run_bench_script  # noqa: E402
+from common import ROOT, add_bench_options, base_parser, default_out, run_bench_script, run_script  # noqa: E402
 
 from mtlrec.bench.meta import atomic_write_json  # noqa: E402
 from mtlrec.experiment import load_data, load_run  # noqa: E402
@@ -87,4 +87,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

@@ -34,6 +34,7 @@ from common import (  # noqa: E402
     default_out,
     markdown_table,
     run_bench_script,
+    run_script,
     write_results,
 )
 
@@ -121,4 +122,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

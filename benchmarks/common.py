@@ -218,3 +218,11 @@ def run_bench_script(args: argparse.Namespace, name: str, overrides: list[str] |
         command=command_line(),
         **kw,
     )
+
+
+def run_script(main: Callable[[], Any]) -> Any:
+    """A benchmark script's entry point: ``main()`` with user mistakes ended as the CLI ends them, one ``error:``
+    line and exit status 2 (``MTLREC_DEBUG=1`` shows the traceback)."""
+    from mtlrec.cli import debug_requested, report_user_errors
+
+    return report_user_errors(main, debug_requested())

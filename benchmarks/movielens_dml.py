@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, add_bench_options, base_parser, parse_models, run_bench_script  # noqa: E402
+from common import ROOT, add_bench_options, base_parser, parse_models, run_bench_script, run_script  # noqa: E402
 
 NAME = "movielens_dml"
 DEFAULT_CONFIG = ROOT / "configs" / "bench" / "movielens_dml.yaml"
@@ -51,4 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

@@ -37,7 +37,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, base_parser, command_line, markdown_table, write_results  # noqa: E402
+from common import ROOT, base_parser, command_line, markdown_table, run_script, write_results  # noqa: E402
 
 N_CAT, N_NUM = 26, 13
 VOCABS = np.unique(np.geomspace(10, 1_000_000, N_CAT).astype(np.int64)).tolist()
@@ -229,4 +229,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -69,6 +69,7 @@ from common import (  # noqa: E402
     markdown_table,
     parse_models,
     peak_rss_mib,
+    run_script,
     write_results,
 )
 from synth import NUM_NUM, NUM_TASKS, make_arrays, vocab_sizes  # noqa: E402
@@ -901,4 +902,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -48,6 +48,7 @@ from common import (  # noqa: E402
     markdown_table,
     parse_models,
     run_jobs,
+    run_script,
     write_results,
 )
 
@@ -325,4 +326,4 @@ def _write(args, runs, train_raw, sizes, *, complete: bool, t_start: float) -> P
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

@@ -6,7 +6,9 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import typer
 
@@ -20,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 _STATE = {"debug": False}
+T = TypeVar("T")
 
 
 @app.callback()
@@ -218,33 +221,37 @@ register_all(app)
 def main(argv: list[str] | None = None) -> None:
     """The ``mtlrec`` entry point: a user mistake prints ``error: <message>`` on stderr and exits with status 2
     (an interrupted run: its message, status 130); ``--debug`` or ``MTLREC_DEBUG=1`` shows the traceback."""
-    import yaml
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    _STATE["debug"] = "--debug" in argv or os.environ.get("MTLREC_DEBUG", "") not in ("", "0")
+    _STATE["debug"] = "--debug" in argv or debug_requested()
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="mtlrec", standalone_mode=True)
+        report_user_errors(lambda: command.main(args=argv, prog_name="mtlrec", standalone_mode=True), _STATE["debug"])
     except SystemExit as e:
         if e.code in (0, None) and "mtlrec.train.distributed" in sys.modules:  # a torchrun worker that finished
             sys.modules["mtlrec.train.distributed"].shutdown()
         raise
+
+
+def debug_requested() -> bool:
+    """``MTLREC_DEBUG`` is set to something other than ``0``: show tracebacks of user mistakes."""
+    return os.environ.get("MTLREC_DEBUG", "") not in ("", "0")
+
+
+def report_user_errors(fn: Callable[[], T], debug: bool = False) -> T:
+    """``fn()``; a user mistake (config, schema, data, missing file) ends with one ``error:`` line on stderr and
+    exit status 2, an interrupted run with its message and status 130; ``debug`` prints the traceback first.
+    The CLI and the benchmark scripts end this way."""
+    import yaml
+
+    try:
+        return fn()
     except RunInterrupted as e:
-        if _STATE["debug"]:
+        if debug:
             traceback.print_exc()
         print(str(e), file=sys.stderr)
         sys.exit(RunInterrupted.exit_code)
     except (UserError, FileNotFoundError, IsADirectoryError, PermissionError, yaml.YAMLError) as e:
-        if _STATE["debug"]:
-            traceback.print_exc()
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as e:
-        from mtlrec.schema import SchemaError
-
-        if not isinstance(e, SchemaError):
-            raise
-        if _STATE["debug"]:
+        if debug:
             traceback.print_exc()
         print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
