@@ -137,6 +137,7 @@ def census_workload(data_dir: str):
 
     from mtlrec import create_model
     from mtlrec.bench import plan_grid, prepare_config
+    from mtlrec.errors import UserError
     from mtlrec.experiment import load_data
 
     cells = [
@@ -152,7 +153,7 @@ def census_workload(data_dir: str):
         cell = next((c for c in cells if c.label == name), None) or next((c for c in cells if c.model == name), None)
         if cell is None:
             known = ", ".join(dict.fromkeys(c.label for c in cells))
-            raise ValueError(f"--data census: no cell of {'/'.join(CENSUS_GRIDS)} is {name!r} (labels: {known})")
+            raise UserError(f"--data census: no cell of {'/'.join(CENSUS_GRIDS)} is {name!r} (labels: {known})")
         return cell
 
     def build(name: str, data, numeric_mode: str):
@@ -161,6 +162,16 @@ def census_workload(data_dir: str):
         return create_model(cell.model, bundle.layout, bundle.tasks, **cell.params)
 
     return bundle.train, build, pick
+
+
+def check_model_names(names: list[str]) -> None:
+    """A name that is not a registered model is a user mistake: one ``--models`` error before anything is timed."""
+    from mtlrec import list_models
+    from mtlrec.errors import unknown_name
+
+    for name in names:
+        if name not in list_models():
+            raise unknown_name("model", name, list_models(), where="--models")
 
 
 def warm_up(step, batches, warmup: int) -> None:
@@ -760,7 +771,10 @@ def main() -> None:
     if census:
         args.no_infer, args.e2e_rows = True, 0
         data, build, pick = census_workload(args.data_dir)
+        for name in parse_models(args.models, ["mmoe"]):
+            pick(name)  # an unknown label ends here, before any timing
     else:
+        check_model_names(parse_models(args.models, ["mmoe"]))
         data = encoded_data(args.rows)
     rows: list[dict[str, Any]] = []
     gemm = {prec: gemm_rate(prec, args.threads) for prec in precisions}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mtlrec.errors import UserError
 from tests.conftest import SHARED_DATA, needs_shared_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -24,8 +25,14 @@ def test_census_workload_builds_the_claims_grids_models():
     assert sum(p.numel() for p in build("mmoe", data, "dense").parameters()) == 143_474  # claims_census.yaml
     assert sum(p.numel() for p in build("dephn", data, "dense").parameters()) == 550_002
     assert "education" not in data.layout.field_names  # protocol paper
-    with pytest.raises(ValueError, match="no cell of claims_census/claims_census_dtn is 'nope'"):
+    with pytest.raises(UserError, match="no cell of claims_census/claims_census_dtn is 'nope'"):
         pick("nope")
+
+
+def test_an_unknown_model_name_is_a_user_error_before_any_timing():
+    T.check_model_names(["mmoe", "dephn"])
+    with pytest.raises(UserError, match=r"--models: unknown model 'mmoee' \(did you mean 'mmoe'\?\)"):
+        T.check_model_names(["mmoe", "mmoee"])
 
 
 def test_op_wall_times_names_each_operator_with_its_shapes_and_calls():
