@@ -223,6 +223,6 @@ def run_bench_script(args: argparse.Namespace, name: str, overrides: list[str] |
 def run_script(main: Callable[[], Any]) -> Any:
     """A benchmark script's entry point: ``main()`` with user mistakes ended as the CLI ends them, one ``error:``
     line and exit status 2 (``MTLREC_DEBUG=1`` shows the traceback)."""
-    from mtlrec.cli import debug_requested, report_user_errors
+    from mtlrec.errors import debug_requested, report_user_errors
 
     return report_user_errors(main, debug_requested())

@@ -169,9 +169,10 @@ def check_model_names(names: list[str]) -> None:
     from mtlrec import list_models
     from mtlrec.errors import unknown_name
 
+    known = list_models()
     for name in names:
-        if name not in list_models():
-            raise unknown_name("model", name, list_models(), where="--models")
+        if name not in known:
+            raise unknown_name("model", name, known, where="--models")
 
 
 def warm_up(step, batches, warmup: int) -> None:

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import typer
 
-from mtlrec.errors import RunInterrupted, UserError, unknown_name
+from mtlrec.errors import UserError, debug_requested, report_user_errors, unknown_name
 
 app = typer.Typer(
     add_completion=False,
@@ -22,7 +18,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 _STATE = {"debug": False}
-T = TypeVar("T")
 
 
 @app.callback()
@@ -230,38 +225,6 @@ def main(argv: list[str] | None = None) -> None:
         if e.code in (0, None) and "mtlrec.train.distributed" in sys.modules:  # a torchrun worker that finished
             sys.modules["mtlrec.train.distributed"].shutdown()
         raise
-
-
-def debug_requested() -> bool:
-    """``MTLREC_DEBUG`` is set to something other than ``0``: show tracebacks of user mistakes."""
-    return os.environ.get("MTLREC_DEBUG", "") not in ("", "0")
-
-
-def report_user_errors(fn: Callable[[], T], debug: bool = False) -> T:
-    """``fn()``; a user mistake (config, schema, data, missing file) ends with one ``error:`` line on stderr and
-    exit status 2, an interrupted run with its message and status 130; ``debug`` prints the traceback first.
-    The CLI and the benchmark scripts end this way."""
-    import yaml
-
-    try:
-        return fn()
-    except RunInterrupted as e:
-        if debug:
-            traceback.print_exc()
-        print(str(e), file=sys.stderr)
-        sys.exit(RunInterrupted.exit_code)
-    except (UserError, FileNotFoundError, IsADirectoryError, PermissionError, yaml.YAMLError) as e:
-        if debug:
-            traceback.print_exc()
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.filename is not None and e.strerror:
-        return f"{e.filename}: {e.strerror}"
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text
 
 
 if __name__ == "__main__":

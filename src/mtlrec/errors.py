@@ -9,7 +9,13 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class UserError(Exception):
@@ -46,3 +52,34 @@ class RunInterrupted(Exception):
     the run stopped and the command that resumes it. The CLI prints it on one line and exits with status 130."""
 
     exit_code = 130
+
+
+def debug_requested() -> bool:
+    """``MTLREC_DEBUG`` is set to something other than ``0``: show tracebacks of user mistakes."""
+    return os.environ.get("MTLREC_DEBUG", "") not in ("", "0")
+
+
+def report_user_errors(fn: Callable[[], T], debug: bool = False) -> T:
+    """``fn()``; a user mistake (config, schema, data, missing file) ends with one ``error:`` line on stderr and
+    exit status 2, an interrupted run with its message and status 130; ``debug`` prints the traceback first.
+    The CLI and the benchmark scripts end this way."""
+    import yaml
+
+    try:
+        return fn()
+    except RunInterrupted as e:
+        if debug:
+            traceback.print_exc()
+        print(str(e), file=sys.stderr)
+        sys.exit(RunInterrupted.exit_code)
+    except (UserError, FileNotFoundError, IsADirectoryError, PermissionError, yaml.YAMLError) as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return " ".join(str(e).split()) or type(e).__name__

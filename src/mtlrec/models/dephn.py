@@ -151,6 +151,13 @@ class PHN(MultiTaskModel):
         return [b(s, x.dense) for b, s in zip(self.blocks, slices, strict=True)]
 
 
+def _concat(parts: list[torch.Tensor]) -> torch.Tensor | None:
+    """``torch.cat(parts, 1)`` without copying a single part; None for no parts."""
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
 # ---- MT-PHN / DEPHN -----------------------------------------------------------------------------------------------
 class HeterogeneousMTL(MultiTaskModel):
     """Shared machinery of MT-PHN and DEPHN (A.3.8 skeleton, vectorised).
@@ -284,14 +291,11 @@ class HeterogeneousMTL(MultiTaskModel):
             # under autocast the tower input is assembled in bf16 (the tower's first product would cast it whole):
             # the gates are cast before gating the bf16 expert blocks, the private outputs one by one; fp32: as is
             g = to_autocast(self.gates[t](gate_in))  # (1 or B, K_total·P)
-            parts, start = [], 0
-            for blk in blocks:
-                k = blk.shape[1]
-                gk = g[:, start : start + k * P].reshape(g.shape[0], k, P, 1)
-                parts.append((gk * blk).flatten(1))
-                start += k * P
-            parts += [to_autocast(self._run(kind, m, inputs)) for kind, m in self.private[t].items()]
-            out.append(torch.cat(parts, 1))
+            parts = [
+                (gk.reshape(g.shape[0], blk.shape[1], P, 1) * blk).flatten(1)
+                for gk, blk in zip(self._block_gates(g, blocks), blocks, strict=True)
+            ]
+            out.append(torch.cat(parts + self._private_parts(t, inputs), 1))
         return out
 
     def tower_outputs(self, x: EmbeddedInputs) -> list[torch.Tensor]:
@@ -303,9 +307,9 @@ class HeterogeneousMTL(MultiTaskModel):
             return super().tower_outputs(x)
         inputs = self._structure_inputs(x)
         blocks = self.public_outputs(inputs)
-        shared = torch.cat([b.flatten(1) for b in blocks], 1) if len(blocks) > 1 else blocks[0].flatten(1)
+        shared = _concat([b.flatten(1) for b in blocks])
         scales = [self._column_gates(self.gates[t](None), blocks) for t in range(len(self.tasks))]
-        privates = [self._private_input(t, inputs) for t in range(len(self.tasks))]
+        privates = [_concat(self._private_parts(t, inputs)) for t in range(len(self.tasks))]
         towers = [self.towers[t] for t in self.task_names]
         firsts = folded_first_layers(shared, scales, privates, [tower[0] for tower in towers])
         out = []
@@ -325,18 +329,23 @@ class HeterogeneousMTL(MultiTaskModel):
             and not aligned.capturing_graph()
         )
 
+    def _block_gates(self, g: torch.Tensor, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The ``(1 or B, K_total·P)`` gate values split into each public block's ``(1 or B, k·P)`` columns."""
+        sizes = [blk.shape[1] * len(self.mapping_names) for blk in blocks]
+        return list(g.split(sizes, 1))
+
     def _column_gates(self, g: torch.Tensor, blocks: list[torch.Tensor]) -> torch.Tensor:
         """The ``(1, K_total·P)`` gate values repeated over each ``(expert, mapping)`` pair's columns."""
-        P, parts, start = len(self.mapping_names), [], 0
-        for blk in blocks:
-            k = blk.shape[1]
-            parts.append(g[:, start : start + k * P].repeat_interleave(blk.shape[-1], 1))
-            start += k * P
-        return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+        return _concat(
+            [
+                gk.repeat_interleave(blk.shape[-1], 1)
+                for gk, blk in zip(self._block_gates(g, blocks), blocks, strict=True)
+            ]
+        )
 
-    def _private_input(self, t: int, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        parts = [to_autocast(self._run(kind, m, inputs)) for kind, m in self.private[t].items()]
-        return (torch.cat(parts, 1) if len(parts) > 1 else parts[0]) if parts else None
+    def _private_parts(self, t: int, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Task ``t``'s private expert outputs, each ``(B, width)``, in the autocast dtype under autocast."""
+        return [to_autocast(self._run(kind, m, inputs)) for kind, m in self.private[t].items()]
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters every task's loss reaches: the SSG layer and the public experts (the private experts and the
